@@ -46,6 +46,24 @@ def check_positive(name: str, value, allow_zero: bool = False) -> None:
                          f"{' and NaN' if np.any(np.isnan(v)) else ''}")
 
 
+def check_same_shape(**arrays) -> None:
+    """chex shape check that raises ValueError naming the arguments, e.g. check_same_shape(x0=a, noise=b)."""
+    try:
+        chex.assert_equal_shape(list(arrays.values()))
+    except AssertionError:
+        got = ", ".join(f"{k} {tuple(jnp.shape(v))}" for k, v in arrays.items())
+        raise ValueError(f"{' and '.join(arrays)} must have the same shape; got {got}") from None
+
+
+def check_floating(**arrays) -> None:
+    """chex dtype check that raises ValueError naming the argument."""
+    for k, v in arrays.items():
+        try:
+            chex.assert_type(v, float)
+        except AssertionError:
+            raise ValueError(f"{k} must be a floating-point array; got dtype {jnp.result_type(v)}") from None
+
+
 def expand_sigma(sigma, x: Array) -> Array:
     """Broadcasts a scalar or per-example sigma [B] against x [B, ...] -> shape [B, 1, ..., 1] or []."""
     sigma = jnp.asarray(sigma, dtype=x.dtype)
@@ -62,14 +80,14 @@ def expand_sigma(sigma, x: Array) -> Array:
 
 def perturb(x0: Array, sigma, noise: Array) -> Array:
     """EDM forward marginal sample x_sigma = x0 + sigma * eps (spec §1)."""
-    chex.assert_equal_shape([x0, noise])
+    check_same_shape(x0=x0, noise=noise)
     check_positive("sigma", sigma, allow_zero=True)
     return x0 + expand_sigma(sigma, x0) * noise
 
 
 def perturb_general(x0: Array, alpha, beta, noise: Array) -> Array:
     """General forward marginal sample x_t = alpha(t) x0 + beta(t) eps."""
-    chex.assert_equal_shape([x0, noise])
+    check_same_shape(x0=x0, noise=noise)
     check_positive("alpha", alpha)
     check_positive("beta", beta, allow_zero=True)
     return expand_sigma(alpha, x0) * x0 + expand_sigma(beta, x0) * noise

@@ -31,7 +31,9 @@ def pseudo_huber(c: float = 1.0) -> Distance:
     if not c > 0:
         raise ValueError(f"pseudo-Huber c must be > 0; got {c}")
     norm = lambda y: jnp.sqrt(_sum(y**2) + c**2)
-    return Distance(f"pseudo_huber(c={c})", lambda y: norm(y) - c, lambda y: y / _per_example(norm(y), y))
+    # sqrt(r^2 + c^2) - c written as r^2 / (sqrt(r^2 + c^2) + c): no cancellation for small y.
+    d = lambda y: _sum(y**2) / (norm(y) + c)
+    return Distance(f"pseudo_huber(c={c})", d, lambda y: y / _per_example(norm(y), y))
 
 
 def l2() -> Distance:

@@ -25,7 +25,6 @@ in each docstring.
 
 from typing import Callable, Optional, Union
 
-import chex
 import jax
 import jax.numpy as jnp
 
@@ -49,8 +48,10 @@ def _mean_abs(v: Array) -> Array:
 
 def _prepare(x0: Array, sigma, noise: Array, weight) -> tuple:
     """Checks shapes and returns (x_t, sigma [B], weight [B])."""
-    chex.assert_rank(x0, range(2, 6))
-    chex.assert_equal_shape([x0, noise])
+    if x0.ndim < 2:
+        raise ValueError(f"x0 must be batched, shape [B, ...]; got {x0.shape}")
+    diffusion.check_floating(x0=x0, noise=noise)
+    diffusion.check_same_shape(x0=x0, noise=noise)
     diffusion.check_positive("sigma", sigma)
     batch = x0.shape[0]
     sigma = jnp.broadcast_to(jnp.asarray(sigma, x0.dtype), (batch,))
