@@ -101,6 +101,8 @@ def test_stats_update_matches_numpy():
 
 def test_to_uint8_follows_edm():
     x = jnp.array([-1.5, -1.0, -0.5, 0.0, 0.004, 0.5, 1.0, 2.0])
+    np.testing.assert_array_equal(np.asarray(fid.to_uint8(x.astype(jnp.bfloat16))),
+                                  np.asarray(fid.to_uint8(x.astype(jnp.bfloat16).astype(jnp.float32))))
     expected = np.clip(np.asarray(x, np.float64) * 127.5 + 128, 0, 255).astype(np.uint8)
     np.testing.assert_array_equal(np.asarray(fid.to_uint8(x)), expected)
     u = jnp.arange(5, dtype=jnp.uint8)

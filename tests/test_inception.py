@@ -182,3 +182,15 @@ def test_npz_and_safetensors_files_load_the_same(tmp_path, random_weights):
     for name in ("w.npz", "w.safetensors"):
         got = inception_convert.load_inception(tmp_path / name)
         jax.tree.map(np.testing.assert_array_equal, got, variables)
+
+
+def test_sharded_feature_fn_matches_unsharded(random_weights):
+    from di_jax.eval import fid
+
+    _, _, _, variables = random_weights
+    images = np.random.default_rng(3).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    fn = fid.make_feature_fn(variables, fid.data_mesh())  # 8 simulated CPU devices (conftest)
+    pool, logits = fn(images)
+    ref_pool, ref_logits = jax.jit(inception.InceptionV3().apply)(variables, jnp.asarray(images))
+    np.testing.assert_allclose(pool, ref_pool, rtol=1e-5, atol=1e-5 * np.abs(ref_pool).max())
+    np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-5 * np.abs(ref_logits).max())

@@ -36,7 +36,7 @@ def to_uint8(images: jnp.ndarray) -> jnp.ndarray:
         return images
     if not jnp.issubdtype(images.dtype, jnp.floating):
         raise FidError(f"images must be uint8 in [0, 255] or float in [-1, 1], got dtype {images.dtype}")
-    return jnp.clip(images * 127.5 + 128.0, 0.0, 255.0).astype(jnp.uint8)
+    return jnp.clip(images.astype(jnp.float32) * 127.5 + 128.0, 0.0, 255.0).astype(jnp.uint8)
 
 
 def data_mesh(devices=None) -> Mesh:

@@ -9,6 +9,9 @@ detector, pytorch-fid's `FIDInception*` blocks). It differs from the stock Incep
   * the pool branch of the last block (Mixed_7c) is a 3x3 *max* pool;
   * the classifier has 1008 outputs; Inception Score uses it without its bias.
 
+Resizing follows the TF graph (as do EDM's detector and torch-fidelity), not pytorch-fid's
+`F.interpolate`, so numbers for non-299 inputs match the TF/EDM ones; at 299x299 all agree.
+
 Input convention: **uint8 images in [0, 255], NHWC, any spatial size** (exactly what the TF graph
 consumes). Generators produce floats in [-1, 1]; quantise them first with `fid.to_uint8` (EDM's
 rule). Output: `(pool3 [N, 2048] float32, logits [N, 1008] float32)`.
