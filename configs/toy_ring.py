@@ -1,0 +1,30 @@
+"""Toy: MLP generator from 2-D noise onto a ring of 8 Gaussians (exact teacher).
+
+    python -m di_jax.main --config configs/toy_ring.py:sim --workdir runs/ring_sim
+The part after ':' picks the method (sim | di | sid | dmd | sds).
+"""
+
+from di_jax.train.config import base_config
+
+# noise-level distribution of the generator phase per method (spec distillation.md §5, §7)
+SIGMA_GEN = dict(sim=dict(kind="sim"), di=dict(kind="edm"), sds=dict(kind="edm"),
+                 sid=dict(kind="karras", index_range=(0, 800)), dmd=dict(kind="karras", index_range=(20, 980)))
+
+
+def get_config(method: str = "sim"):
+    c = base_config()
+    c.method = method or "sim"
+    c.sigma_gen = SIGMA_GEN[c.method]
+    c.teacher.update(kind="ring", num_modes=8, radius=2.0, std=0.05)
+    c.networks.update(kind="mlp", hidden=128, depth=3, sigma_data=1.0)
+    c.distance.update(name="pseudo_huber", c=0.1)
+    c.batch_size = 256
+    c.num_steps = 3000
+    c.fake_steps = 1
+    c.gen_optim.update(lr=1e-3, b2=0.999)
+    c.fake_optim.update(lr=1e-3, b2=0.999)
+    c.ema.update(halflife_kimg=50.0, rampup=0.05)
+    c.log_every = 250
+    c.ckpt_every = 1000
+    c.num_samples = 4000
+    return c

@@ -1,0 +1,77 @@
+"""The training configuration schema (an ml_collections ConfigDict) and its validation.
+
+Files in `configs/` start from `base_config()` and override fields; the command line overrides
+them again (`--config.method=di --config.gen_optim.lr=1e-4`). `validate` runs before anything is
+compiled and raises ValueError naming the offending field.
+"""
+
+import ml_collections
+
+from di_jax import diffusion, distances
+
+METHODS = ("di", "sim", "sid", "sds", "dmd")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.method = "sim"                      # di | sim | sid | sds | dmd
+    c.distance = ml_collections.ConfigDict(dict(name="pseudo_huber", c=1.0))   # SIM only; kwargs of the distance
+    c.sid_alpha = 1.2                     # SiD only
+    c.batch_size = 256                    # global batch, sharded over all devices
+    c.num_steps = 1000                    # generator updates
+    c.fake_steps = 1                      # fake-score (DSM) updates per generator update
+
+    # noise levels: kind in diffusion.SIGMA_SAMPLERS plus its keyword arguments
+    c.sigma_gen = ml_collections.ConfigDict(dict(kind="sim"))
+    c.sigma_fake = ml_collections.ConfigDict(dict(kind="edm"))
+
+    c.gen_optim = ml_collections.ConfigDict(dict(lr=1e-5, b1=0.0, b2=0.999, eps=1e-8, clip=0.0))
+    c.fake_optim = ml_collections.ConfigDict(dict(lr=1e-5, b1=0.0, b2=0.999, eps=1e-8, clip=0.0))
+    c.ema = ml_collections.ConfigDict(dict(halflife_kimg=500.0, rampup=0.05))   # EDM's rule
+
+    c.teacher = ml_collections.ConfigDict(dict(kind="ring", num_modes=8, radius=2.0, std=0.05, path=""))
+    c.networks = ml_collections.ConfigDict(dict(kind="mlp", hidden=128, depth=3, sigma_data=1.0,
+                                                sigma_init=2.5, teacher_dropout=False))
+
+    c.log_every = 100
+    c.ckpt_every = 1000
+    c.sample_every = 0                    # 0: only at start and end
+    c.num_samples = 2000                  # for pictures / metrics
+    c.distributed = False                 # call jax.distributed.initialize() (multi-host)
+    return c
+
+
+def _positive(config, path: str) -> None:
+    value = config
+    for part in path.split("."):
+        value = value[part]
+    if not value > 0:
+        raise ValueError(f"config.{path} must be > 0; got {value!r}")
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    """Checks a config before compiling; raises ValueError naming the field."""
+    if config.method not in METHODS:
+        raise ValueError(f"config.method must be one of {METHODS}; got {config.method!r}")
+    if config.method == "sim":
+        kwargs = {k: v for k, v in config.distance.items() if k != "name"}
+        distances.get_distance(config.distance.name, **kwargs)
+    for path in ("batch_size", "num_steps", "fake_steps", "gen_optim.lr", "fake_optim.lr", "log_every",
+                 "ckpt_every", "ema.halflife_kimg"):
+        _positive(config, path)
+    for opt in ("gen_optim", "fake_optim"):
+        o = config[opt]
+        if not (0.0 <= o.b1 < 1.0 and 0.0 <= o.b2 < 1.0):
+            raise ValueError(f"config.{opt}.b1/b2 must lie in [0, 1); got {o.b1}, {o.b2}")
+        if o.clip < 0:
+            raise ValueError(f"config.{opt}.clip must be >= 0 (0 disables); got {o.clip}")
+    if config.batch_size % num_devices:
+        raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the number of "
+                         f"devices ({num_devices})")
+    for name in ("sigma_gen", "sigma_fake"):
+        if config[name].kind not in diffusion.SIGMA_SAMPLERS:
+            raise ValueError(f"config.{name}.kind must be one of {diffusion.SIGMA_SAMPLERS}; "
+                             f"got {config[name].kind!r}")
+    if config.ema.rampup < 0:
+        raise ValueError(f"config.ema.rampup must be >= 0; got {config.ema.rampup}")

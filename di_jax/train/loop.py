@@ -1,0 +1,152 @@
+"""The training driver: build, restore, compile, loop, log, checkpoint, draw.
+
+Checkpoints (orbax) hold the complete TrainState — generator, fake score, EMA, both optimiser
+states, step, base rng and skip counters — every `config.ckpt_every` steps, at the end, and when
+SIGTERM or SIGINT arrives (the signal is honoured after the current step). A run restarted with the
+same workdir resumes from the latest checkpoint; because the step's randomness is a function of
+(base rng, step), a resumed run is bitwise identical to an uninterrupted one.
+"""
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any, Optional
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from di_jax.train import sharding
+from di_jax.train.config import validate
+from di_jax.train.hooks import build_run
+from di_jax.train.state import TrainState, param_count
+from di_jax.train.step import compile_step, init_state, make_train_step
+
+log = logging.getLogger("di_jax")
+
+
+class _StopFlag:
+    """Turns SIGTERM/SIGINT into a request honoured after the current step (a second SIGINT aborts)."""
+
+    def __init__(self):
+        self.requested = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+        log.warning("%s received: checkpointing after this step (Ctrl-C again to abort)", self.requested)
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def host_labels(config: ml_collections.ConfigDict, label_dim: int, step: int) -> Optional[np.ndarray]:
+    """Class labels of one step, a function of (seed, step) only; this host's slice of the batch."""
+    if label_dim == 0:
+        return None
+    rng = np.random.default_rng([config.seed, 7, step])
+    labels = rng.integers(0, label_dim, config.batch_size).astype(np.int32)
+    per_host = config.batch_size // jax.process_count()
+    return labels[jax.process_index() * per_host:(jax.process_index() + 1) * per_host]
+
+
+def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=config.get("ckpt_keep", 3), create=True)
+    return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")), options=options)
+
+
+def restore_or_init(mngr: ocp.CheckpointManager, fresh: TrainState) -> TrainState:
+    latest = mngr.latest_step()
+    if latest is None:
+        return fresh
+    log.info("resuming from checkpoint at step %d", latest)
+    return mngr.restore(latest, args=ocp.args.StandardRestore(fresh))
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+    """Runs (or resumes) a distillation run in `workdir`; returns the final state."""
+    from clu import metric_writers, parameter_overview, periodic_actions
+
+    sharding.maybe_initialize_distributed(config.distributed)
+    mesh = sharding.make_mesh()
+    validate(config, mesh.size)
+    os.makedirs(workdir, exist_ok=True)
+    run = build_run(config, workdir)
+    nets, teacher = run.nets, sharding.replicate(run.teacher_params, mesh)
+
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    mngr = checkpoint_manager(workdir, config)
+    state = restore_or_init(mngr, init_state(config, nets, teacher, mesh))
+    start = int(state.step)
+
+    step_fn = make_train_step(config, nets, mesh)
+    labels = lambda s: sharding.host_to_global(host_labels(config, nets.label_dim, s), mesh)
+    compiled, compile_s = compile_step(step_fn, state, teacher, labels(start))
+    log.info("train step compiled in %.2f s on %d device(s) (%s)", compile_s, mesh.size, jax.devices()[0].platform)
+    if start == 0:
+        writer.write_hparams({k: str(v) for k, v in config.to_dict().items()})
+        log.info("generator (%d params):\n%s", param_count(state.gen_params),
+                 parameter_overview.get_parameter_overview(state.gen_params))
+        log.info("fake score: %d params", param_count(state.fake_params))
+        run.draw(state, "start")
+    writer.write_scalars(start, {"compile_seconds": compile_s})
+
+    report = periodic_actions.ReportProgress(num_train_steps=config.num_steps, writer=writer)
+    bar = _progress_bar(config.num_steps, start)
+    last_saved = start if mngr.latest_step() == start else None
+    with _StopFlag() as stop:
+        for s in range(start, config.num_steps):
+            state, metrics = compiled(state, teacher, labels(s))
+            done = s + 1
+            report(done)
+            if bar is not None:
+                bar.update(1)
+            if done % config.log_every == 0 or done == config.num_steps:
+                scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                writer.write_scalars(done, scalars)
+                if bar is not None:
+                    bar.set_postfix(gen_loss=f"{scalars['gen_loss']:.3g}", skipped=int(scalars["skipped_gen"]))
+            if config.sample_every and done % config.sample_every == 0:
+                run.draw(state, f"step{done:07d}")
+            if done % config.ckpt_every == 0 or stop.requested:
+                mngr.save(done, args=ocp.args.StandardSave(state))
+                last_saved = done
+            if stop.requested:
+                log.warning("stopped by %s at step %d; checkpoint saved, rerun the same command to resume",
+                            stop.requested, done)
+                break
+        if last_saved != int(state.step):
+            mngr.save(int(state.step), args=ocp.args.StandardSave(state), force=True)
+        mngr.wait_until_finished()
+    if bar is not None:
+        bar.close()
+    writer.flush()
+    if int(state.step) == config.num_steps and jax.process_index() == 0:
+        run.draw(state, "end")
+        results = run.evaluate(state)
+        if results:
+            writer.write_scalars(int(state.step), {k: v for k, v in results.items() if np.isscalar(v)})
+            with open(os.path.join(workdir, "metrics.json"), "w") as f:
+                json.dump(results, f, indent=2, default=float)
+            log.info("final metrics: %s", json.dumps(results, default=float))
+    writer.close()
+    return state
+
+
+def _progress_bar(total: int, start: int) -> Optional[Any]:
+    if not sys.stderr.isatty():
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)

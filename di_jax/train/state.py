@@ -1,0 +1,55 @@
+"""The explicit train state pytree, optimisers and the EDM EMA rule.
+
+The teacher's parameters are deliberately NOT part of the state: they are a separate, replicated,
+never-donated argument of the train step, and never checkpointed with it.
+"""
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array            # int32 [], generator updates done
+    rng: jax.Array             # uint32 [2], base key; step keys are fold_in(rng, step)
+    gen_params: PyTree
+    fake_params: PyTree
+    ema_params: PyTree         # EMA of gen_params (EDM half-life rule)
+    gen_opt_state: PyTree
+    fake_opt_state: PyTree
+    skipped_gen: jax.Array     # int32 [], generator updates skipped for non-finite loss/grad
+    skipped_fake: jax.Array    # int32 [], fake-score updates skipped
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Adam(b1, b2, eps) at a constant lr (beta1 = 0 in DI/SIM/SiD), with optional global-norm clipping."""
+    adam = optax.adam(cfg.lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+    return optax.chain(optax.clip_by_global_norm(cfg.clip), adam) if cfg.clip > 0 else adam
+
+
+def create_state(rng: jax.Array, gen_params: PyTree, fake_params: PyTree,
+                 gen_tx: optax.GradientTransformation, fake_tx: optax.GradientTransformation) -> TrainState:
+    copy = lambda t: jax.tree.map(jnp.array, t)
+    return TrainState(step=jnp.zeros((), jnp.int32), rng=jnp.asarray(rng, jnp.uint32),
+                      gen_params=gen_params, fake_params=fake_params, ema_params=copy(gen_params),
+                      gen_opt_state=gen_tx.init(gen_params), fake_opt_state=fake_tx.init(fake_params),
+                      skipped_gen=jnp.zeros((), jnp.int32), skipped_fake=jnp.zeros((), jnp.int32))
+
+
+def ema_decay(step: jax.Array, batch_size: int, halflife_kimg: float, rampup: float) -> jax.Array:
+    """EDM's EMA: beta = 0.5^(batch / halflife_img), halflife_img = min(halflife, rampup * images seen)."""
+    halflife = jnp.float32(halflife_kimg * 1000.0)
+    if rampup > 0:
+        halflife = jnp.minimum(halflife, (step + 1).astype(jnp.float32) * batch_size * rampup)
+    return 0.5 ** (batch_size / jnp.maximum(halflife, 1e-8))
+
+
+def param_count(tree: PyTree) -> int:
+    return int(sum(x.size for x in jax.tree_util.tree_leaves(tree)))
