@@ -194,3 +194,31 @@ def test_sharded_feature_fn_matches_unsharded(random_weights):
     ref_pool, ref_logits = jax.jit(inception.InceptionV3().apply)(variables, jnp.asarray(images))
     np.testing.assert_allclose(pool, ref_pool, rtol=1e-5, atol=1e-5 * np.abs(ref_pool).max())
     np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-5 * np.abs(ref_logits).max())
+
+
+def test_cli_fid_with_real_detector(random_weights, tmp_path, capsys):
+    """`di-jax fid` through the real weight loading + Inception path (random weights, 10 images)."""
+    import json
+
+    from di_jax.eval import cli, fid
+
+    path, _, model, variables = random_weights
+    images = np.random.default_rng(4).uniform(-1, 1, (10, 16, 16, 3)).astype(np.float32)
+    np.savez(tmp_path / "gen.npz", images=images.transpose(0, 3, 1, 2))  # NCHW float in [-1, 1]
+    ref = np.random.default_rng(5).integers(0, 256, (10, 16, 16, 3), dtype=np.uint8)
+    ref_feats = np.asarray(jax.jit(inception.InceptionV3().apply)(variables, jnp.asarray(ref))[0], np.float64)
+    fid.save_stats(tmp_path / "ref.npz", ref_feats.mean(0), np.cov(ref_feats, rowvar=False))
+    code = cli.main(["di-jax fid", "--generator", str(tmp_path / "gen.npz"), "--ref", str(tmp_path / "ref.npz"),
+                     "--inception", str(path), "--num", "10", "--splits", "2", "--batch", "5"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    got = json.loads(out.strip().splitlines()[-1])
+    # Expected, from torch-fidelity on the EDM-quantised images.
+    quant = np.clip(images.astype(np.float64) * 127.5 + 128, 0, 255).astype(np.uint8)
+    with torch.no_grad():
+        feats, logits, _ = (t.numpy().astype(np.float64)
+                            for t in model(torch.from_numpy(quant).permute(0, 3, 1, 2).contiguous()))
+    expected = fid.frechet_distance(feats.mean(0), np.cov(feats, rowvar=False),
+                                    ref_feats.mean(0), np.cov(ref_feats, rowvar=False))
+    assert got["fid"] == pytest.approx(expected, rel=1e-3)
+    assert (got["is_mean"], got["is_std"]) == pytest.approx(fid.inception_score(logits, 2), rel=1e-4, abs=1e-7)
