@@ -197,19 +197,19 @@ def test_sharded_feature_fn_matches_unsharded(random_weights):
 
 
 def test_cli_fid_with_real_detector(random_weights, tmp_path, capsys):
-    """`di-jax fid` through the real weight loading + Inception path (random weights, 10 images)."""
+    """`di-jax fid` through the real weight loading + Inception path (random weights, 8 images)."""
     import json
 
     from di_jax.eval import cli, fid
 
     path, _, model, variables = random_weights
-    images = np.random.default_rng(4).uniform(-1, 1, (10, 16, 16, 3)).astype(np.float32)
+    images = np.random.default_rng(4).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
     np.savez(tmp_path / "gen.npz", images=images.transpose(0, 3, 1, 2))  # NCHW float in [-1, 1]
-    ref = np.random.default_rng(5).integers(0, 256, (10, 16, 16, 3), dtype=np.uint8)
+    ref = np.random.default_rng(5).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
     ref_feats = np.asarray(jax.jit(inception.InceptionV3().apply)(variables, jnp.asarray(ref))[0], np.float64)
     fid.save_stats(tmp_path / "ref.npz", ref_feats.mean(0), np.cov(ref_feats, rowvar=False))
     code = cli.main(["di-jax fid", "--generator", str(tmp_path / "gen.npz"), "--ref", str(tmp_path / "ref.npz"),
-                     "--inception", str(path), "--num", "10", "--splits", "2", "--batch", "5"])
+                     "--inception", str(path), "--num", "8", "--splits", "2", "--batch", "8"])
     out, err = capsys.readouterr()
     assert code == 0, err
     got = json.loads(out.strip().splitlines()[-1])
