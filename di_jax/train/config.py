@@ -39,6 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.sample_every = 0                    # 0: only at start and end
     c.num_samples = 2000                  # for pictures / metrics
     c.distributed = False                 # call jax.distributed.initialize() (multi-host)
+    c.num_devices = 0                     # devices in the mesh; 0: all
     return c
 
 
@@ -66,6 +67,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
             raise ValueError(f"config.{opt}.b1/b2 must lie in [0, 1); got {o.b1}, {o.b2}")
         if o.clip < 0:
             raise ValueError(f"config.{opt}.clip must be >= 0 (0 disables); got {o.clip}")
+    if config.get("num_devices", 0) < 0:
+        raise ValueError(f"config.num_devices must be >= 0 (0: all devices); got {config.num_devices}")
     if config.batch_size % num_devices:
         raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the number of "
                          f"devices ({num_devices})")

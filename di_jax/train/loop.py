@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import ml_collections
@@ -75,12 +75,16 @@ def restore_or_init(mngr: ocp.CheckpointManager, fresh: TrainState) -> TrainStat
     return mngr.restore(latest, args=ocp.args.StandardRestore(fresh))
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-    """Runs (or resumes) a distillation run in `workdir`; returns the final state."""
+def train(config: ml_collections.ConfigDict, workdir: str,
+          on_step: Optional[Callable[[int, TrainState], None]] = None) -> TrainState:
+    """Runs (or resumes) a distillation run in `workdir`; returns the final state.
+
+    `on_step(step, state)`, if given, runs on the host after every step (custom evaluation, tests).
+    """
     from clu import metric_writers, parameter_overview, periodic_actions
 
     sharding.maybe_initialize_distributed(config.distributed)
-    mesh = sharding.make_mesh()
+    mesh = sharding.make_mesh(config.num_devices or None)
     validate(config, mesh.size)
     os.makedirs(workdir, exist_ok=True)
     run = build_run(config, workdir)
@@ -113,6 +117,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
             report(done)
             if bar is not None:
                 bar.update(1)
+            if on_step is not None:
+                on_step(done, state)
             if done % config.log_every == 0 or done == config.num_steps:
                 scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 writer.write_scalars(done, scalars)

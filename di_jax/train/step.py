@@ -67,7 +67,7 @@ def _apply(tx: optax.GradientTransformation, loss, grads, params, opt_state):
     updates, new_opt_state = tx.update(grads, opt_state, params)
     ok = jnp.isfinite(loss) & _all_finite(grads)
     new_params = optax.apply_updates(params, updates)
-    return _select(ok, new_params, params), _select(ok, new_opt_state, opt_state), ok, optax.global_norm(grads)
+    return _select(ok, new_params, params), _select(ok, new_opt_state, opt_state), ok, optax.tree.norm(grads)
 
 
 def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
@@ -147,7 +147,7 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
             skipped_fake=state.skipped_fake + fake_skipped)
         update = jax.tree.map(lambda a, b: a - b, gen_params, state.gen_params)
         metrics = dict(gen_loss=gen_loss_value, fake_loss=fake_loss, gen_grad_norm=gen_gnorm,
-                       fake_grad_norm=fake_gnorm, gen_update_norm=optax.global_norm(update),
+                       fake_grad_norm=fake_gnorm, gen_update_norm=optax.tree.norm(update),
                        ema_beta=beta, skipped_gen=new_state.skipped_gen, skipped_fake=new_state.skipped_fake,
                        x0_std=jnp.std(x0))
         return new_state, metrics

@@ -1,0 +1,160 @@
+"""The compiled train step: sharding invariance, non-finite skipping, fixed point at the teacher, config errors."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import toy_ring
+from di_jax.teachers import AffineGaussianGenerator, IsotropicGaussian
+from di_jax.train import networks, sharding, step as step_lib
+
+
+def _config(method="sim", batch=64, **kw):
+    c = toy_ring.get_config(method)
+    c.batch_size = batch
+    c.networks.hidden = 32
+    for k, v in kw.items():
+        c[k] = v
+    return c
+
+
+def _run(config, nets, teacher, mesh, steps, labels=None):
+    state = step_lib.init_state(config, nets, teacher, mesh)
+    fn = step_lib.make_train_step(config, nets, mesh)
+    teacher = sharding.replicate(teacher, mesh)
+    metrics = []
+    for i in range(steps):
+        lab = None if labels is None else sharding.host_to_global(labels(i), mesh)
+        state, m = fn(state, teacher, lab)
+        metrics.append(jax.device_get(m))
+    return jax.device_get(state), metrics
+
+
+@pytest.mark.parametrize("method", ["sim", "di"])
+def test_8_devices_equal_1_device(method):
+    assert jax.device_count() == 8, "conftest must provide 8 simulated CPU devices"
+    config = _config(method, fake_steps=2)
+    teacher = networks.analytic_teacher(config.teacher)
+    nets = networks.mlp_networks(config.networks)
+    s1, _ = _run(config, nets, teacher, sharding.make_mesh(1), 4)
+    s8, _ = _run(config, nets, teacher, sharding.make_mesh(8), 4)
+    assert int(s1.step) == int(s8.step) == 4
+    for a, b in zip(jax.tree_util.tree_leaves(s1), jax.tree_util.tree_leaves(s8)):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+    # and the step actually moved the parameters
+    s0 = jax.device_get(step_lib.init_state(config, nets, teacher, sharding.make_mesh(1)))
+    moved = [np.abs(a - b).max() for a, b in zip(jax.tree_util.tree_leaves(s0.gen_params),
+                                                jax.tree_util.tree_leaves(s1.gen_params))]
+    assert max(moved) > 1e-4
+
+
+def test_batch_is_sharded_and_state_replicated():
+    config = _config("sim")
+    teacher = networks.analytic_teacher(config.teacher)
+    nets = networks.mlp_networks(config.networks)
+    mesh = sharding.make_mesh(8)
+    state = step_lib.init_state(config, nets, teacher, mesh)
+    fn = step_lib.make_train_step(config, nets, mesh)
+    compiled, seconds = step_lib.compile_step(fn, state, sharding.replicate(teacher, mesh), None)
+    assert seconds > 0
+    hlo = compiled.as_text()
+    assert "all-reduce" in hlo, "gradients of a sharded batch must be all-reduced"
+    new_state, _ = compiled(state, sharding.replicate(teacher, mesh), None)
+    leaf = jax.tree_util.tree_leaves(new_state.gen_params)[0]
+    assert leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == 8
+
+
+def _labelled_nets(config):
+    """MLP nets with 2 labels where label -1 (one-hot all zeros) makes the generator output non-finite."""
+    base = networks.mlp_networks(config.networks)
+
+    def generate(params, z, labels, rng=None):
+        return base.generate(params, z, None, rng) / jnp.sum(labels, -1, keepdims=True)
+
+    return base._replace(label_dim=2, generate=generate)
+
+
+def test_nan_in_generator_output_is_skipped_and_counted():
+    config = _config("sim")
+    teacher = networks.analytic_teacher(config.teacher)
+    nets = _labelled_nets(config)
+    bad_step = 2
+    labels = lambda i: np.full((config.batch_size,), -1 if i == bad_step else 1, np.int32)
+    mesh = sharding.make_mesh(8)
+    state = step_lib.init_state(config, nets, teacher, mesh)
+    fn = step_lib.make_train_step(config, nets, mesh)
+    rep = sharding.replicate(teacher, mesh)
+    history = []
+    for i in range(5):
+        before = jax.device_get(state)
+        state, m = fn(state, rep, sharding.host_to_global(labels(i), mesh))
+        after = jax.device_get(state)
+        history.append((before, after, jax.device_get(m)))
+    before, after, m = history[bad_step]
+    assert not np.isfinite(m["gen_loss"])
+    assert int(after.skipped_gen) == 1 and int(after.skipped_fake) == 1
+    for a, b in zip(jax.tree_util.tree_leaves((before.gen_params, before.fake_params, before.gen_opt_state)),
+                    jax.tree_util.tree_leaves((after.gen_params, after.fake_params, after.gen_opt_state))):
+        np.testing.assert_array_equal(a, b)
+    final = history[-1][1]
+    assert int(final.skipped_gen) == 1 and int(final.step) == 5
+    assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(final))
+    # the good steps around the bad one did update
+    assert any(np.any(a != b) for a, b in zip(jax.tree_util.tree_leaves(history[3][0].gen_params),
+                                              jax.tree_util.tree_leaves(history[3][1].gen_params)))
+
+
+def _gaussian_nets():
+    """Affine Gaussian generator whose fake score is its exact diffused denoiser (params shared in form)."""
+    def generate(params, z, labels, rng=None):
+        return AffineGaussianGenerator(params["mu"], params["s"])(z)
+
+    def fake_denoise(params, x, sigma, labels, rng=None):
+        return AffineGaussianGenerator(params["mu"], params["s"]).denoiser(x, sigma)
+
+    def teacher_denoise(teacher, x, sigma, labels, rng=None):
+        return teacher.denoise(x, sigma)
+
+    init = lambda rng, teacher: {"mu": jnp.array(teacher.mean), "s": jnp.array(teacher.std)}
+    return networks.Networks((2,), (2,), 0, generate, fake_denoise, teacher_denoise, init, init)
+
+
+@pytest.mark.parametrize("method", ["di", "sim", "sid", "dmd"])
+def test_generator_update_vanishes_at_the_teacher(method):
+    config = _config(method)
+    config.fake_optim.lr = 1e-30          # keep the exact fake score exact
+    teacher = IsotropicGaussian(jnp.array([0.5, -1.0]), jnp.array(0.7))
+    _, at_teacher = _run(config, _gaussian_nets(), teacher, sharding.make_mesh(8), 3)
+    # control: the same step away from the teacher
+    start = lambda rng, t: {"mu": jnp.zeros(2), "s": jnp.array(1.0)}
+    nets = _gaussian_nets()._replace(init_generator=start, init_fake=start)
+    _, away = _run(config, nets, teacher, sharding.make_mesh(8), 1)
+    control = float(away[0]["gen_grad_norm"])
+    assert control > 1e-2
+    # The gradient vanishes up to float32 rounding (Adam would magnify rounding noise into a
+    # full-size step, so the gradient, not the Adam update, is the quantity to check).
+    for m in at_teacher:
+        assert float(m["gen_grad_norm"]) < 1e-5 * control, (m["gen_grad_norm"], control)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("method", "gan", "config.method"),
+    ("gen_optim.lr", -1e-3, "config.gen_optim.lr"),
+    ("batch_size", 60, "divisible"),
+    ("fake_steps", 0, "config.fake_steps"),
+    ("sigma_gen.kind", "uniform", "config.sigma_gen.kind"),
+    ("distance.name", "cosine", "distance"),
+])
+def test_bad_config_fails_before_compiling(field, value, match, monkeypatch):
+    config = _config("sim")
+    node, _, leaf = field.rpartition(".")
+    (config[node] if node else config)[leaf] = value
+    nets = networks.mlp_networks(config.networks)
+    traced = []
+    monkeypatch.setattr(jax, "jit", lambda *a, **k: traced.append(1))
+    with pytest.raises(ValueError, match=match):
+        step_lib.make_train_step(config, nets, sharding.make_mesh(8))
+    assert not traced
