@@ -38,6 +38,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.ckpt_every = 1000
     c.sample_every = 0                    # 0: only at start and end
     c.num_samples = 2000                  # for pictures / metrics
+    # FID during training (image runs): every N steps when `ref` (EDM .npz stats) and `inception`
+    # (pytorch-fid weight file) are given
+    c.fid = ml_collections.ConfigDict(dict(every=0, num=10000, batch=250, ref="", inception=""))
     c.distributed = False                 # call jax.distributed.initialize() (multi-host)
     c.num_devices = 0                     # devices in the mesh; 0: all
     return c
@@ -76,5 +79,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         if config[name].kind not in diffusion.SIGMA_SAMPLERS:
             raise ValueError(f"config.{name}.kind must be one of {diffusion.SIGMA_SAMPLERS}; "
                              f"got {config[name].kind!r}")
+    fid = config.get("fid")
+    if fid is not None and fid.every:
+        for key in ("ref", "inception"):
+            if not fid[key]:
+                raise ValueError(f"config.fid.{key} must be set when config.fid.every > 0")
+        _positive(config, "fid.num")
+        _positive(config, "fid.batch")
     if config.ema.rampup < 0:
         raise ValueError(f"config.ema.rampup must be >= 0; got {config.ema.rampup}")

@@ -34,6 +34,37 @@ def generate_samples(nets: Networks, params, num: int, seed: int = 1234, batch: 
     return np.concatenate(out)
 
 
+def make_fid_eval(config: ml_collections.ConfigDict, nets: Networks, feature_fn=None) -> Callable:
+    """`fid_eval(state) -> {'fid', 'is_mean', 'is_std', 'num'}` of the EMA generator (issue: FID in the loop).
+
+    Samples carry uniformly random class labels; single-channel images are repeated to RGB.
+    """
+    from di_jax.eval import fid, inception_convert
+
+    for key in ("ref", "inception"):
+        if not os.path.exists(config.fid[key]):
+            raise FileNotFoundError(f"config.fid.{key}: no such file {config.fid[key]!r}")
+    ref_stats = fid.load_stats(config.fid.ref)
+    if feature_fn is None:
+        feature_fn = fid.make_feature_fn(inception_convert.load_inception(config.fid.inception))
+    generate = jax.jit(lambda p, z, l: nets.generate(p, z, l, None))
+
+    def fid_eval(state: TrainState) -> Dict[str, Any]:
+        def sample_fn(rng, batch):
+            kz, kl = jax.random.split(rng)
+            z = jax.random.normal(kz, (batch,) + tuple(nets.latent_shape))
+            labels = None
+            if nets.label_dim:
+                labels = jax.nn.one_hot(jax.random.randint(kl, (batch,), 0, nets.label_dim), nets.label_dim)
+            x = np.asarray(generate(state.ema_params, z, labels)).transpose(0, 2, 3, 1)    # NCHW -> NHWC
+            return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
+
+        return fid.compute_fid(sample_fn, config.fid.num, ref_stats, feature_fn=feature_fn,
+                               batch_size=config.fid.batch, rng=jax.random.PRNGKey(config.seed + 17))
+
+    return fid_eval
+
+
 def _toy_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
     from di_jax.eval.mixture import mixture_metrics
     from di_jax.train.visualise import scatter_png

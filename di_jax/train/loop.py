@@ -22,7 +22,7 @@ import orbax.checkpoint as ocp
 
 from di_jax.train import sharding
 from di_jax.train.config import validate
-from di_jax.train.hooks import build_run
+from di_jax.train.hooks import build_run, make_fid_eval
 from di_jax.train.state import TrainState, param_count
 from di_jax.train.step import compile_step, init_state, make_train_step
 
@@ -106,6 +106,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         log.info("fake score: %d params", param_count(state.fake_params))
         run.draw(state, "start")
     writer.write_scalars(start, {"compile_seconds": compile_s})
+    fid_eval = make_fid_eval(config, nets) if config.fid.every else None
 
     report = periodic_actions.ReportProgress(num_train_steps=config.num_steps, writer=writer)
     bar = _progress_bar(config.num_steps, start)
@@ -124,6 +125,11 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                 writer.write_scalars(done, scalars)
                 if bar is not None:
                     bar.set_postfix(gen_loss=f"{scalars['gen_loss']:.3g}", skipped=int(scalars["skipped_gen"]))
+            if fid_eval is not None and done % config.fid.every == 0 and jax.process_index() == 0:
+                scores = fid_eval(state)
+                log.info("step %d: FID %.3f (IS %.3f) over %d samples", done, scores["fid"],
+                         scores.get("is_mean", float("nan")), scores["num"])
+                writer.write_scalars(done, {f"fid/{k}": v for k, v in scores.items()})
             if config.sample_every and done % config.sample_every == 0:
                 run.draw(state, f"step{done:07d}")
             if done % config.ckpt_every == 0 or stop.requested:

@@ -81,3 +81,29 @@ def one_hot_labels(labels: Optional[jax.Array], label_dim: int) -> Optional[jax.
     if label_dim == 0 or labels is None:
         return None
     return jax.nn.one_hot(labels, label_dim, dtype=jnp.float32)
+
+
+def edm_networks(module, img_shape: Tuple[int, int, int], label_dim: int, sigma_init: float,
+                 dropout: bool = False) -> Networks:
+    """EDM denoiser networks: the generator is the teacher's own denoiser at a fixed sigma_init.
+
+    x0 = g_theta(z) = D_theta(sigma_init z; sigma_init, labels), z ~ N(0, I) (DI eq. B.3; SIM eq. B.4);
+    generator and fake score are initialised as copies of the teacher. `module` is a preconditioned
+    EDM network (`di_jax.nets.build_network`) called on NCHW images. With `dropout`, networks run in
+    train mode whenever the step gives them an rng (the official DI code runs all three so).
+    """
+    if not sigma_init > 0:
+        raise ValueError(f"sigma_init must be > 0; got {sigma_init}")
+
+    def denoise(params, x, sigma, labels, rng=None):
+        train = dropout and rng is not None
+        return module.apply({"params": params}, x, sigma, class_labels=labels, train=train,
+                            rngs={"dropout": rng} if train else {})
+
+    def generate(params, z, labels, rng=None):
+        return denoise(params, sigma_init * z, jnp.full((z.shape[0],), sigma_init, z.dtype), labels, rng)
+
+    copy = lambda rng, teacher: jax.tree.map(jnp.array, teacher)
+    return Networks(data_shape=tuple(img_shape), latent_shape=tuple(img_shape), label_dim=label_dim,
+                    generate=generate, fake_denoise=denoise, teacher_denoise=denoise,
+                    init_generator=copy, init_fake=copy)
