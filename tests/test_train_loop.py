@@ -1,8 +1,7 @@
 """The training driver: outputs, SIGTERM / SIGKILL resume (bitwise), toy run quality.
 
-Long runs use one device: XLA's in-process CPU collectives over 8 simulated devices on 2 cores
-can miss their 40 s rendezvous when many steps are in flight. Multi-device equality of the step
-itself is tested in test_train_step.py; here one short run exercises the loop on 8 devices.
+Long runs use one device to keep the suite fast (8 simulated devices share 2 cores). Multi-device
+equality of the step itself is tested in test_train_step.py; one run exercises the loop on 8 devices.
 """
 
 import json

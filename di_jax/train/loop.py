@@ -108,12 +108,17 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     writer.write_scalars(start, {"compile_seconds": compile_s})
     fid_eval = make_fid_eval(config, nets) if config.fid.every else None
 
+    # XLA's in-process CPU collectives can deadlock when several multi-device executions are in flight
+    # (observed with 8 simulated devices on 2 cores): on CPU meshes of >1 device, wait for each step.
+    sync_each_step = jax.default_backend() == "cpu" and mesh.size > 1
     report = periodic_actions.ReportProgress(num_train_steps=config.num_steps, writer=writer)
     bar = _progress_bar(config.num_steps, start)
     last_saved = start if mngr.latest_step() == start else None
     with _StopFlag() as stop:
         for s in range(start, config.num_steps):
             state, metrics = compiled(state, teacher, labels(s))
+            if sync_each_step:
+                jax.block_until_ready(state.step)
             done = s + 1
             report(done)
             if bar is not None:
