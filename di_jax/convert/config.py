@@ -1,0 +1,228 @@
+"""Network config of a checkpoint: from `_init_kwargs` (`.pkl`) or inferred from key names/shapes.
+
+A config is a plain JSON-able dict of the official constructor argument names (spec
+edm_architecture.md sections 2-4) plus `precond` (wrapper class name) and `model_type`. A plain
+state_dict does not record the wrapper, so `precond` is inferred only for iDDPM (its `u`
+buffer); other plain checkpoints need it given explicitly (`--config '{"precond": ...}'`).
+Dropout cannot be read from weights: inferred configs leave it at the class default.
+"""
+
+import json
+import math
+import os
+import re
+from typing import Any, Mapping
+
+import numpy as np
+
+from di_jax.convert.unpickle import CheckpointError
+
+PRECONDS = ("EDMPrecond", "VPPrecond", "VEPrecond", "iDDPMPrecond")
+MODEL_TYPES = ("SongUNet", "DhariwalUNet")
+# Default model_type of each wrapper (section 4).
+DEFAULT_MODEL = {"EDMPrecond": "DhariwalUNet", "iDDPMPrecond": "DhariwalUNet",
+                 "VPPrecond": "SongUNet", "VEPrecond": "SongUNet"}
+# Constructor defaults (sections 2 and 3).
+DEFAULTS = {
+    "SongUNet": dict(label_dim=0, augment_dim=0, model_channels=128, channel_mult=[1, 2, 2, 2],
+                     channel_mult_emb=4, num_blocks=4, attn_resolutions=[16], dropout=0.10,
+                     label_dropout=0.0, embedding_type="positional", channel_mult_noise=1,
+                     encoder_type="standard", decoder_type="standard", resample_filter=[1, 1]),
+    "DhariwalUNet": dict(label_dim=0, augment_dim=0, model_channels=192, channel_mult=[1, 2, 3, 4],
+                         channel_mult_emb=4, num_blocks=3, attn_resolutions=[32, 16, 8], dropout=0.10,
+                         label_dropout=0.0),
+}
+WRAPPER_KEYS = ("img_resolution", "img_channels", "use_fp16", "sigma_min", "sigma_max", "sigma_data",
+                "beta_d", "beta_min", "M", "epsilon_t", "C_1", "C_2")
+KNOWN_KEYS = frozenset({"precond", "model_type", *WRAPPER_KEYS, *DEFAULTS["SongUNet"]})
+# Architecture keys that a state_dict determines (checked against `_init_kwargs`).
+_CHECKED = ("model_type", "img_resolution", "img_channels", "label_dim", "augment_dim", "model_channels",
+            "channel_mult", "channel_mult_emb", "num_blocks", "channel_mult_noise", "embedding_type",
+            "encoder_type", "decoder_type", "resample_filter")
+
+
+def to_jsonable(value: Any) -> Any:
+    """numpy scalars/arrays, tuples and dict subclasses -> plain JSON types."""
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise CheckpointError(f"config value {value!r} ({type(value).__name__}) is not a plain value")
+
+
+def complete(config: Mapping[str, Any]) -> dict:
+    """Validate a config and fill the class defaults; returns a new JSON-able dict."""
+    config = to_jsonable(config)
+    unknown = sorted(set(config) - KNOWN_KEYS)
+    if unknown:
+        raise CheckpointError(f"unknown config keys {unknown}; known: {sorted(KNOWN_KEYS)}")
+    precond = config.get("precond")
+    if precond not in PRECONDS:
+        raise CheckpointError(f"config 'precond' must be one of {PRECONDS}; got {precond!r}")
+    model_type = config.setdefault("model_type", DEFAULT_MODEL[precond])
+    if model_type not in MODEL_TYPES:
+        raise CheckpointError(f"config 'model_type' must be one of {MODEL_TYPES}; got {model_type!r}")
+    for key in ("img_resolution", "img_channels"):
+        if not isinstance(config.get(key), int) or config[key] <= 0:
+            raise CheckpointError(f"config needs a positive integer {key!r}; got {config.get(key)!r}")
+    song_only = sorted(set(config) & (set(DEFAULTS["SongUNet"]) - set(DEFAULTS["DhariwalUNet"])))
+    if model_type == "DhariwalUNet" and song_only:
+        raise CheckpointError(f"config keys {song_only} apply to SongUNet only, not DhariwalUNet")
+    return {**DEFAULTS[model_type], **config}
+
+
+def from_init_kwargs(precond: str, init_kwargs: Mapping[str, Any]) -> dict:
+    """Config of a `.pkl` snapshot: the wrapper's `_init_kwargs` plus its class name."""
+    return complete({**to_jsonable(init_kwargs), "precond": precond})
+
+
+def load_json(text_or_path: str | os.PathLike) -> dict:
+    """A config given on the command line: a JSON object, or the path of a file holding one."""
+    text = str(text_or_path)
+    if not text.lstrip().startswith("{"):
+        try:
+            with open(text) as f:
+                text = f.read()
+        except OSError as e:
+            raise CheckpointError(f"cannot read config file {str(text_or_path)!r}: {e.strerror}") from None
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"config is not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError("config JSON must be an object")
+    return config
+
+
+# ---------------------------------------------------------------- inference from a state_dict
+
+_LEVEL = re.compile(r"model\.(enc|dec)\.(\d+)x(\d+)_([a-z_]+?)(\d*)\.")
+
+
+def _shape(sd, key) -> tuple:
+    return tuple(sd[key].shape)
+
+
+def infer_config(sd: Mapping[str, np.ndarray]) -> dict:
+    """Architecture of an EDM wrapper's state_dict, read from key names and shapes (section 5).
+
+    Returns the inferred keys only (plus `precond` for iDDPM); `complete` fills the rest.
+    """
+    strays = [k for k in sd if k != "u" and not k.startswith("model.")]
+    if strays:
+        raise CheckpointError(f"not an EDM network state_dict: {len(strays)} keys lack the 'model.' "
+                              f"prefix (e.g. {strays[0]!r})")
+    if "model.out_conv.weight" in sd:
+        model_type = "DhariwalUNet"
+    elif any(k.endswith("_aux_conv.weight") for k in sd):
+        model_type = "SongUNet"
+    else:
+        raise CheckpointError("not an EDM network state_dict: neither DhariwalUNet 'model.out_conv' nor "
+                              "SongUNet 'model.dec.*_aux_conv' weights present")
+    blocks: dict[tuple[str, int], set] = {}  # (enc|dec, res) -> block indices
+    for key in sd:
+        m = _LEVEL.match(key)
+        if m:
+            if m.group(2) != m.group(3):
+                raise CheckpointError(f"non-square level name in {key!r}")
+            names = blocks.setdefault((m.group(1), int(m.group(2))), set())
+            if m.group(4) == "block":
+                names.add(int(m.group(5)))
+    res_all = sorted({r for _, r in blocks}, reverse=True)
+    if not res_all:
+        raise CheckpointError("not an EDM network state_dict: no 'model.enc.{R}x{R}_*' keys")
+    R = res_all[0]
+    if res_all != [R >> l for l in range(len(res_all))]:
+        raise CheckpointError(f"level resolutions {res_all} are not successive halvings")
+    cfg: dict[str, Any] = {"model_type": model_type, "img_resolution": R}
+    conv = f"model.enc.{R}x{R}_conv.weight"
+    if conv not in sd or len(_shape(sd, conv)) != 4:
+        raise CheckpointError(f"missing or malformed first encoder conv {conv!r}")
+    cfg["img_channels"] = _shape(sd, conv)[1]
+    if "model.map_layer0.weight" not in sd:
+        raise CheckpointError("missing 'model.map_layer0.weight'")
+    emb, noise = _shape(sd, "model.map_layer0.weight")
+    mc = noise if model_type == "DhariwalUNet" else _shape(sd, conv)[0]
+    cfg["model_channels"] = mc
+    cfg["channel_mult_emb"] = _ratio(emb, mc, "embedding width")
+    if model_type == "SongUNet":
+        cfg["channel_mult_noise"] = _ratio(noise, mc, "noise-embedding width")
+    dec_blocks = blocks.get(("dec", R), set())
+    if not dec_blocks or dec_blocks != set(range(len(dec_blocks))):
+        raise CheckpointError(f"decoder blocks at {R}x{R} are missing or not numbered 0..n")
+    cfg["num_blocks"] = len(dec_blocks) - 1
+    mult = []
+    for r in res_all:
+        key = f"model.dec.{r}x{r}_block0.conv0.weight"
+        if key not in sd:
+            raise CheckpointError(f"missing {key!r}")
+        mult.append(_ratio(_shape(sd, key)[0], mc, f"{r}x{r} block width"))
+    cfg["channel_mult"] = mult
+    cfg["attn_resolutions"] = sorted({int(m.group(2)) for k in sd if (m := _LEVEL.match(k))
+                                      and m.group(4) == "block" and k.endswith(".qkv.weight")}, reverse=True)
+    cfg["label_dim"] = _shape(sd, "model.map_label.weight")[1] if "model.map_label.weight" in sd else 0
+    cfg["augment_dim"] = _shape(sd, "model.map_augment.weight")[1] if "model.map_augment.weight" in sd else 0
+    if model_type == "SongUNet":
+        cfg["embedding_type"] = "fourier" if "model.map_noise.freqs" in sd else "positional"
+        cfg["encoder_type"] = ("residual" if any("_aux_residual." in k for k in sd)
+                               else "skip" if any("_aux_skip." in k for k in sd) else "standard")
+        skip_dec = any(k.startswith("model.dec.") and ("_aux_up." in k or (
+            k.endswith("_aux_conv.weight") and not k.startswith(f"model.dec.{R}x{R}_"))) for k in sd)
+        cfg["decoder_type"] = "skip" if skip_dec else "standard"
+        filters = [k for k in sd if k.endswith(".resample_filter")]
+        if filters:
+            cfg["resample_filter"] = _filter_taps(sd[filters[0]], filters[0])
+    if "u" in sd:
+        cfg["precond"] = "iDDPMPrecond"
+    return cfg
+
+
+def _ratio(n: int, mc: int, what: str) -> int:
+    if mc <= 0 or n % mc:
+        raise CheckpointError(f"{what} {n} is not a multiple of model_channels {mc}")
+    return n // mc
+
+
+def _filter_taps(f: np.ndarray, key: str) -> list:
+    """1-D taps r of the stored filter outer(r, r) / sum(r)^2, scaled so that r[0] = 1."""
+    f = np.asarray(f, np.float64)
+    if f.ndim != 4 or f.shape[:2] != (1, 1) or f.shape[2] != f.shape[3] or f[0, 0, 0, 0] <= 0:
+        raise CheckpointError(f"malformed resample filter {key!r} of shape {f.shape}")
+    taps = f[0, 0, 0] / f[0, 0, 0, 0]
+    if not np.allclose(np.outer(taps, taps) / taps.sum() ** 2, f[0, 0], rtol=1e-5, atol=1e-7):
+        raise CheckpointError(f"resample filter {key!r} is not separable")
+    rounded = np.round(taps)
+    return [int(t) for t in rounded] if np.allclose(taps, rounded, atol=1e-4) else taps.tolist()
+
+
+def check_against_weights(config: Mapping[str, Any], sd: Mapping[str, np.ndarray]) -> None:
+    """Raise if `config` (e.g. a pickle's `_init_kwargs`) contradicts what the tensors show."""
+    inferred = infer_config(sd)
+    diffs = [f"{k}: config {config.get(k)!r}, weights {inferred[k]!r}" for k in _CHECKED
+             if k in inferred and config.get(k) != inferred[k]]
+    if inferred.get("precond", config["precond"]) != config["precond"]:
+        diffs.append(f"precond: config {config['precond']!r}, weights {inferred['precond']!r}")
+    if diffs:
+        raise CheckpointError("config does not match the checkpoint's tensors: " + "; ".join(diffs))
+
+
+def resolve(sd: Mapping[str, np.ndarray], recorded: Mapping[str, Any] | None = None,
+            override: Mapping[str, Any] | None = None) -> dict:
+    """Final config: recorded (`.pkl`) or inferred, then `override` on top; checked against `sd`."""
+    base = dict(recorded) if recorded is not None else infer_config(sd)
+    merged = {**base, **to_jsonable(override or {})}
+    if "precond" not in merged:
+        raise CheckpointError("a plain state_dict does not record its preconditioning wrapper; give it "
+                              "explicitly, e.g. --config '{\"precond\": \"VPPrecond\"}' (one of "
+                              f"{', '.join(PRECONDS)})")
+    config = complete(merged)
+    check_against_weights(config, sd)
+    if not math.isfinite(config.get("sigma_max", 0.0)):
+        config.pop("sigma_max")  # EDMPrecond's default inf; JSON has no infinity
+    return config
