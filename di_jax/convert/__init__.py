@@ -1,0 +1,166 @@
+"""PyTorch / EDM checkpoints -> Flax parameter trees (spec edm_architecture.md sections 5-7, 10).
+
+    state_dict, config = read_checkpoint("edm-cifar10-32x32-cond-vp.pkl")
+    convert_checkpoint("edm-cifar10-32x32-cond-vp.pkl", "teacher/")   # orbax params + config.json
+    module, params = load_teacher("teacher/")    # or directly from a .pkl / .pt / .safetensors
+
+Formats are recognised by content, not by file name: EDM `.pkl` snapshots (read without
+executing their embedded code, `edm_pickle`), `torch.save` zip archives of a state_dict
+(`torch_zip`; torch optional) and safetensors files. Every problem with the input raises
+`CheckpointError` with a one-line message.
+"""
+
+import json
+import os
+from typing import Any, Mapping
+
+import numpy as np
+
+from di_jax.convert import config as config_lib
+from di_jax.convert.edm_pickle import read_edm_pickle
+from di_jax.convert.torch_zip import ZIP_MAGIC, read_zip
+from di_jax.convert.unpickle import CheckpointError, RefusedGlobalError
+
+__all__ = ["CheckpointError", "RefusedGlobalError", "read_checkpoint", "read_state_dict", "convert_checkpoint",
+           "load_teacher", "load_converted"]
+
+CONFIG_FILE, PARAMS_DIR = "config.json", "params"
+_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # pickled 0x1950a86a20f9469cfc6c
+_NOT_CHECKPOINTS = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image",
+                    b"\x1f\x8b": "a gzip file", b"\x93NUMPY": "a .npy array", b"\x7fELF": "an executable"}
+
+
+def sniff(path: str | os.PathLike) -> str:
+    """Checkpoint format of a file from its first bytes: 'pickle', 'zip' or 'safetensors'."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"{os.fspath(path)} is a directory without {CONFIG_FILE}, not a checkpoint")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+            size = os.fstat(f.fileno()).st_size
+    except OSError as e:
+        raise CheckpointError(f"cannot open {os.fspath(path)}: {e.strerror}") from None
+    if not head:
+        raise CheckpointError(f"{os.fspath(path)} is empty")
+    if head.startswith(ZIP_MAGIC) or head.startswith(b"PK\x05\x06"):
+        return "zip"
+    if head.startswith(_LEGACY_TORCH_MAGIC):
+        raise CheckpointError("legacy (pre-1.6, non-zip) torch.save file: not supported; re-save it "
+                              "with a current torch.save")
+    if head[:1] == b"\x80" and 2 <= head[1] <= 5:
+        return "pickle"
+    if len(head) >= 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8:
+        return "safetensors"
+    for magic, what in _NOT_CHECKPOINTS.items():
+        if head.startswith(magic):
+            raise CheckpointError(f"{os.fspath(path)} is {what}, not a checkpoint")
+    kind = "a text file" if all(32 <= b < 127 or b in b"\t\r\n" for b in head) else "an unknown format"
+    raise CheckpointError(f"{os.fspath(path)} is {kind}, not an EDM .pkl, torch .pt or .safetensors checkpoint")
+
+
+def _read_safetensors(path) -> "dict[str, np.ndarray]":
+    from safetensors import SafetensorError  # pylint: disable=import-outside-toplevel
+    from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+
+    try:
+        return dict(load_file(os.fspath(path)))
+    except (SafetensorError, OSError, ValueError, TypeError) as e:
+        raise CheckpointError(f"corrupt or truncated safetensors file ({str(e).splitlines()[0][:200]})") from None
+
+
+def read_state_dict(path: str | os.PathLike, use_torch: bool | None = None) -> tuple[dict, dict | None]:
+    """(state_dict of numpy arrays, recorded config or None) of any supported checkpoint file."""
+    kind = sniff(path)
+    if kind == "pickle":
+        precond, kwargs, state_dict = read_edm_pickle(path)
+        return state_dict, config_lib.from_init_kwargs(precond, kwargs)
+    if kind == "zip":
+        return read_zip(path, use_torch), None
+    return _read_safetensors(path), None
+
+
+def read_checkpoint(path: str | os.PathLike, config: Mapping[str, Any] | None = None,
+                    use_torch: bool | None = None) -> tuple[dict, dict]:
+    """(state_dict, config) of a checkpoint; `config` entries override the recorded/inferred ones."""
+    state_dict, recorded = read_state_dict(path, use_torch)
+    for key, value in state_dict.items():
+        if value.dtype.kind != "f" and key != "u":
+            raise CheckpointError(f"tensor {key!r} has dtype {value.dtype}, expected floating point")
+    return state_dict, config_lib.resolve(state_dict, recorded, config)
+
+
+def _flax_params(state_dict, config) -> Any:
+    from di_jax.convert.edm_mapping import state_dict_to_flax  # pylint: disable=import-outside-toplevel
+
+    try:
+        return state_dict_to_flax(state_dict, config)
+    except CheckpointError:
+        raise
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"checkpoint does not match the {config['model_type']} network: "
+                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def convert_checkpoint(in_path: str | os.PathLike, out_dir: str | os.PathLike,
+                       config: Mapping[str, Any] | None = None, use_torch: bool | None = None) -> dict:
+    """Write `out_dir/params` (orbax) and `out_dir/config.json` for a checkpoint; returns the config."""
+    import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    if os.path.exists(os.path.join(out_dir, PARAMS_DIR)) or os.path.exists(os.path.join(out_dir, CONFIG_FILE)):
+        raise CheckpointError(f"{out_dir} already holds a converted checkpoint; choose a new directory")
+    state_dict, cfg = read_checkpoint(in_path, config, use_torch)
+    params = _flax_params(state_dict, cfg)
+    os.makedirs(out_dir, exist_ok=True)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(os.path.join(out_dir, PARAMS_DIR), params)
+        ckptr.wait_until_finished()
+    with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:  # written last: marks a complete conversion
+        json.dump(cfg, f, indent=1, sort_keys=True)
+    return cfg
+
+
+def load_converted(out_dir: str | os.PathLike) -> tuple[dict, Any]:
+    """(config, params) of a directory written by `convert_checkpoint` (strictly checked)."""
+    import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
+    from di_jax.convert.edm_mapping import flax_to_state_dict  # pylint: disable=import-outside-toplevel
+
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    try:
+        with open(os.path.join(out_dir, CONFIG_FILE)) as f:
+            cfg = config_lib.complete(json.load(f))
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{out_dir} is not a converted checkpoint ({CONFIG_FILE}: {e})") from None
+    with ocp.StandardCheckpointer() as ckptr:
+        try:
+            params = ckptr.restore(os.path.join(out_dir, PARAMS_DIR))
+        except (FileNotFoundError, ValueError) as e:
+            raise CheckpointError(f"cannot restore {out_dir}/{PARAMS_DIR}: {str(e).splitlines()[0][:200]}") from None
+    params = _to_numpy_tree(params)
+    try:
+        flax_to_state_dict(params, cfg)  # strict: every parameter present with the right shape
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{out_dir}: params do not match config.json ({str(e).splitlines()[0]})") from None
+    return cfg, params
+
+
+def _to_numpy_tree(tree):
+    if isinstance(tree, Mapping):
+        return {k: _to_numpy_tree(v) for k, v in tree.items()}
+    return np.asarray(tree)
+
+
+def load_teacher(path: str | os.PathLike, config: Mapping[str, Any] | None = None,
+                 use_torch: bool | None = None) -> tuple[Any, Any]:
+    """(Flax module, params) from a converted directory or a raw .pkl / .pt / .safetensors file."""
+    from di_jax.nets import build_network  # pylint: disable=import-outside-toplevel
+
+    if os.path.isdir(path) and os.path.exists(os.path.join(path, CONFIG_FILE)):
+        if config:
+            raise CheckpointError("config overrides apply to raw checkpoints, not to converted directories")
+        cfg, params = load_converted(path)
+    else:
+        state_dict, cfg = read_checkpoint(path, config, use_torch)
+        params = _flax_params(state_dict, cfg)
+    return build_network(cfg), params
