@@ -68,14 +68,22 @@ def _to_state_dict(obj, what: str) -> "collections.OrderedDict[str, np.ndarray]"
     return collections.OrderedDict(obj)
 
 
-def read_zip_numpy(path: str | os.PathLike) -> "collections.OrderedDict[str, np.ndarray]":
-    """Torch-free reader: `torch.save`d zip state_dict -> OrderedDict of numpy arrays."""
+def _open_archive(path) -> tuple[zipfile.ZipFile, str]:
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, EOFError) as e:
         raise CheckpointError(f"corrupt or truncated zip archive ({e})") from None
+    try:
+        return archive, _archive_prefix(archive)
+    except CheckpointError:
+        archive.close()
+        raise
+
+
+def read_zip_numpy(path: str | os.PathLike) -> "collections.OrderedDict[str, np.ndarray]":
+    """Torch-free reader: `torch.save`d zip state_dict -> OrderedDict of numpy arrays."""
+    archive, prefix = _open_archive(path)
     with archive:
-        prefix = _archive_prefix(archive)
         byteorder = "little"
         if f"{prefix}byteorder" in archive.namelist():
             byteorder = archive.read(f"{prefix}byteorder").decode().strip()
@@ -97,6 +105,7 @@ def read_zip_torch(path: str | os.PathLike) -> "collections.OrderedDict[str, np.
     """Same result through `torch.load(weights_only=True)` (requires torch)."""
     import torch  # pylint: disable=import-outside-toplevel
 
+    _open_archive(path)[0].close()  # same structural checks (and messages) as the torch-free path
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types (UnpicklingError, RuntimeError, ...)
