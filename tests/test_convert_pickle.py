@@ -171,3 +171,23 @@ def test_storage_overrun_refused():
         blob = pickle.dumps(BigView(), protocol=4)
     with pytest.raises(CheckpointError, match="overruns its storage"):
         edm_pickle.load_pickle(io.BytesIO(blob))
+
+
+@pytest.mark.parametrize("blob", [
+    b"(cposix\nsystem\nS'touch MARKER'\ni.",              # protocol 0 INST
+    b"cposix\nsystem\n(S'touch MARKER'\ntR.",             # protocol 0 GLOBAL + REDUCE
+    b"\x80\x04\x8c\x05posix\x8c\x06system\x93\x8c\x0ctouch MARKER\x85R.",  # STACK_GLOBAL
+])
+def test_every_global_opcode_goes_through_the_allow_list(tmp_path, blob):
+    def with_marker(marker):
+        out = blob.replace(b"MARKER", str(marker).encode())
+        return out.replace(b"\x8c\x0ctouch", bytes([0x8c, len(b"touch ") + len(str(marker))]) + b"touch")
+
+    live = tmp_path / "live"
+    pickle.loads(with_marker(live))  # the hand-written payload is real: plain pickle runs it
+    assert live.exists()
+    marker = tmp_path / "pwned"
+    blob = with_marker(marker)
+    with pytest.raises(RefusedGlobalError, match="refused global 'posix.system'"):
+        edm_pickle.load_pickle(blob)
+    assert not marker.exists()
