@@ -174,7 +174,7 @@ def test_storage_overrun_refused():
 
 
 @pytest.mark.parametrize("blob", [
-    b"(cposix\nsystem\nS'touch MARKER'\ni.",              # protocol 0 INST
+    b"(S'touch MARKER'\niposix\nsystem\n.",              # protocol 0 INST
     b"cposix\nsystem\n(S'touch MARKER'\ntR.",             # protocol 0 GLOBAL + REDUCE
     b"\x80\x04\x8c\x05posix\x8c\x06system\x93\x8c\x0ctouch MARKER\x85R.",  # STACK_GLOBAL
 ])
