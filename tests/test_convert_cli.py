@@ -153,6 +153,25 @@ def case_non_square_levels(t, sd, cfg, pc):
     return [str(save_pt(t / "n.pt", sd)), "--config", '{"precond": "EDMPrecond"}'], "non-square level"
 
 
+def case_missing_key(t, sd, cfg, pc):
+    sd = {k: v for k, v in sd.items() if k != "model.dec.16x16_block1.conv1.weight"}
+    return [str(save_pt(t / "n.pt", sd)), "--config", '{"precond": "EDMPrecond"}'], \
+        "1 missing: model.dec.16x16_block1.conv1.weight"
+
+
+def case_unexpected_key(t, sd, cfg, pc):
+    sd = dict(sd, **{"model.dec.16x16_block1.extra": np.zeros(3, np.float32)})
+    return [str(save_pt(t / "n.pt", sd)), "--config", '{"precond": "EDMPrecond"}'], \
+        "1 unexpected: model.dec.16x16_block1.extra"
+
+
+def case_wrong_shape(t, sd, cfg, pc):  # e.g. a conv kernel already transposed to HWIO
+    k = "model.enc.8x8_block0.conv1.weight"
+    p = t / "n.pkl"
+    p.write_bytes(edm_pickle_bytes(dict(sd, **{k: sd[k].transpose(2, 3, 1, 0)}), pc, cfg, ""))
+    return [str(p)], f"1 wrong shape: {k} (3, 3, 32, 32) (expected (32, 32, 3, 3))"
+
+
 def case_usage(t, sd, cfg, pc):
     return [], "the following arguments are required"
 

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from di_jax.convert import catalogue
 from di_jax.convert import config as config_lib
 from di_jax.convert.edm_pickle import read_edm_pickle
 from di_jax.convert.torch_zip import ZIP_MAGIC, read_zip
@@ -81,12 +82,17 @@ def read_state_dict(path: str | os.PathLike, use_torch: bool | None = None) -> t
 
 def read_checkpoint(path: str | os.PathLike, config: Mapping[str, Any] | None = None,
                     use_torch: bool | None = None) -> tuple[dict, dict]:
-    """(state_dict, config) of a checkpoint; `config` entries override the recorded/inferred ones."""
+    """(state_dict, config) of a checkpoint; `config` entries override the recorded/inferred ones.
+
+    The state_dict is checked strictly against the config (every key, shape; `catalogue`).
+    """
     state_dict, recorded = read_state_dict(path, use_torch)
     for key, value in state_dict.items():
         if value.dtype.kind != "f" and key != "u":
             raise CheckpointError(f"tensor {key!r} has dtype {value.dtype}, expected floating point")
-    return state_dict, config_lib.resolve(state_dict, recorded, config)
+    cfg = config_lib.resolve(state_dict, recorded, config)
+    catalogue.check_state_dict(state_dict, cfg)
+    return state_dict, cfg
 
 
 def _flax_params(state_dict, config) -> Any:
