@@ -144,9 +144,9 @@ def load_converted(out_dir: str | os.PathLike) -> tuple[dict, Any]:
         except (FileNotFoundError, ValueError) as e:
             raise CheckpointError(f"cannot restore {out_dir}/{PARAMS_DIR}: {str(e).splitlines()[0][:200]}") from None
     params = _to_numpy_tree(params)
-    try:
-        flax_to_state_dict(params, cfg)  # strict: every parameter present with the right shape
-    except (KeyError, ValueError) as e:
+    try:  # strict: every parameter present, nothing extra, every shape right
+        catalogue.check_state_dict(flax_to_state_dict(params, cfg), cfg)
+    except (CheckpointError, KeyError, ValueError) as e:
         raise CheckpointError(f"{out_dir}: params do not match config.json ({str(e).splitlines()[0]})") from None
     return cfg, params
 
