@@ -64,6 +64,17 @@ def random_state_dict(config):
     return sd
 
 
+def nest(sd):
+    tree = {}
+    for key, v in sd.items():
+        *path, leaf = key.split(".")
+        node = tree
+        for p in path:
+            node = node.setdefault(p, {})
+        node[leaf] = v
+    return tree
+
+
 def timed(fn, repeats):
     best, out = float("inf"), None
     for _ in range(repeats):
@@ -104,10 +115,10 @@ def main():
                                       ("safetensors", files["safetensors"], None)):
             t_read, (got, got_cfg) = timed(lambda: convert.read_checkpoint(path, override, use_torch), args.repeats)
             assert got_cfg == cfg and all(np.array_equal(got[k], v) for k, v in sd.items()), name
-            if not MAPPING:
-                rows.append((name, os.path.getsize(path) / 2**20, t_read))
-                continue
-            t_map, params = timed(lambda: state_dict_to_flax(got, got_cfg), args.repeats)
+            if MAPPING:
+                t_map, params = timed(lambda: state_dict_to_flax(got, got_cfg), args.repeats)
+            else:  # no mapping table yet: the same tensors nested by key name (orbax cost is size-bound)
+                t_map, params = float("nan"), nest(got)
 
             def write():
                 out = tempfile.mkdtemp(dir=work)
@@ -116,6 +127,9 @@ def main():
                     ckptr.wait_until_finished()
                 return out
             t_write, _ = timed(write, args.repeats)
+            if not MAPPING:
+                rows.append((name, os.path.getsize(path) / 2**20, t_read, t_map, t_write))
+                continue
 
             def full():
                 out = os.path.join(tempfile.mkdtemp(dir=work), "conv")
@@ -125,10 +139,10 @@ def main():
             t_load, _ = timed(lambda: convert.load_teacher(out_dir), args.repeats)
             rows.append((name, os.path.getsize(path) / 2**20, t_read, t_map, t_write, t_full, t_load))
         head = ["input", "MiB", "read (+checks)", "map", "orbax write", "convert_checkpoint", "load_teacher(dir)"]
-        head = head if MAPPING else head[:3]
+        head = head if MAPPING else head[:3] + ["map (no mapping table)", "orbax write (tensors nested by key)"]
         print("| " + " | ".join(head) + " |\n" + "|---" * len(head) + "|")
         for name, mib, *ts in rows:
-            print(f"| {name} | {mib:.1f} | " + " | ".join(f"{t:.2f} s" for t in ts) + " |")
+            print(f"| {name} | {mib:.1f} | " + " | ".join(f"{t:.2f} s" if np.isfinite(t) else "n/a" for t in ts) + " |")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
