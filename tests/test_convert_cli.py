@@ -67,6 +67,17 @@ def case_truncated_safetensors(t, sd, cfg, pc):
     return [str(_truncate(p))], "corrupt or truncated safetensors"
 
 
+def case_one_byte(t, sd, cfg, pc):
+    (t / "b.pkl").write_bytes(b"\x80")
+    return [str(t / "b.pkl")], "is an unknown format"
+
+
+def case_safetensors_header_only(t, sd, cfg, pc):
+    p = t / "n.safetensors"
+    safetensors_torch.save_file({k: torch.from_numpy(v) for k, v in sd.items()}, p)
+    return [str(_truncate(p, 0.001))], "safetensors header longer than the file"
+
+
 def case_png(t, sd, cfg, pc):
     (t / "img.pkl").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
     return [str(t / "img.pkl")], "is a PNG image"

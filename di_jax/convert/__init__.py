@@ -48,9 +48,11 @@ def sniff(path: str | os.PathLike) -> str:
     if head.startswith(_LEGACY_TORCH_MAGIC):
         raise CheckpointError("legacy (pre-1.6, non-zip) torch.save file: not supported; re-save it "
                               "with a current torch.save")
-    if head[:1] == b"\x80" and 2 <= head[1] <= 5:
+    if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
         return "pickle"
-    if len(head) >= 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8:
+    if len(head) >= 9 and head[8:9] == b"{":
+        if not 0 < int.from_bytes(head[:8], "little") <= size - 8:
+            raise CheckpointError(f"{os.fspath(path)}: safetensors header longer than the file (truncated)")
         return "safetensors"
     for magic, what in _NOT_CHECKPOINTS.items():
         if head.startswith(magic):
