@@ -223,6 +223,6 @@ def resolve(sd: Mapping[str, np.ndarray], recorded: Mapping[str, Any] | None = N
                               f"{', '.join(PRECONDS)})")
     config = complete(merged)
     check_against_weights(config, sd)
-    if not math.isfinite(config.get("sigma_max", 0.0)):
+    if isinstance(config.get("sigma_max"), float) and math.isinf(config["sigma_max"]):
         config.pop("sigma_max")  # EDMPrecond's default inf; JSON has no infinity
     return config
