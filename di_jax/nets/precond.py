@@ -34,8 +34,10 @@ def iddpm_round_sigma(sigma, u, return_index: bool = False):
 
 
 def vp_sigma(t, beta_d=19.9, beta_min=0.1):
-    t = jnp.asarray(t)
-    return jnp.sqrt(jnp.exp(0.5 * beta_d * t ** 2 + beta_min * t) - 1)
+    """sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1), in float32 numpy like the official attributes."""
+    t, f32 = np.float32(t), np.float32
+    arg = f32(0.5 * beta_d) * t * t + f32(beta_min) * t
+    return np.sqrt(f32(np.exp(np.float64(arg))) - f32(1))  # correctly rounded float32 exp
 
 
 class Precond(nn.Module):
