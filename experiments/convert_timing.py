@@ -58,7 +58,8 @@ def random_state_dict(config):
         r, c = config["img_resolution"], config["img_channels"]
         x, sigma = jax.ShapeDtypeStruct((1, c, r, r), np.float32), jax.ShapeDtypeStruct((1,), np.float32)
         labels = jax.ShapeDtypeStruct((1, config["label_dim"]), np.float32) if config["label_dim"] else None
-        abstract = jax.eval_shape(lambda: module.init(jax.random.key(0), x, sigma, class_labels=labels))["params"]
+        init = lambda x, s, y: module.init(jax.random.key(0), x, s, class_labels=y)  # noqa: E731
+        abstract = jax.eval_shape(init, x, sigma, labels)["params"]
         mapped = flax_to_state_dict(jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), abstract), config)
         assert {k: tuple(v.shape) for k, v in mapped.items()} == dict(shapes), "mapping disagrees with catalogue"
     return sd

@@ -34,7 +34,7 @@ DEFAULTS = {
 }
 WRAPPER_KEYS = ("img_resolution", "img_channels", "use_fp16", "sigma_min", "sigma_max", "sigma_data",
                 "beta_d", "beta_min", "M", "epsilon_t", "C_1", "C_2")
-KNOWN_KEYS = frozenset({"precond", "model_type", *WRAPPER_KEYS, *DEFAULTS["SongUNet"]})
+KNOWN_KEYS = frozenset({"precond", "model_type", "dtype", *WRAPPER_KEYS, *DEFAULTS["SongUNet"]})
 # Architecture keys that a state_dict determines (checked against `_init_kwargs`).
 _CHECKED = ("model_type", "img_resolution", "img_channels", "label_dim", "augment_dim", "model_channels",
             "channel_mult", "channel_mult_emb", "num_blocks", "channel_mult_noise", "embedding_type",
