@@ -59,7 +59,8 @@ def edm_sampler(denoise: Callable, latents: jax.Array, key: Optional[jax.Array] 
         gamma = jnp.where((S_min <= t) & (t <= S_max), gamma_max, 0.0)
         t_hat = jnp.asarray(rs(t + gamma * t), dtype)
         eps = jax.random.normal(k, x.shape, dtype)
-        x_hat = x + jnp.sqrt(jnp.maximum(t_hat ** 2 - t ** 2, 0.0)) * S_noise * eps  # XLA may give -0 ulp
+        # (t_hat - t)(t_hat + t), not t_hat^2 - t^2: XLA may fuse the latter into an FMA that is != 0 at t_hat == t
+        x_hat = x + jnp.sqrt(jnp.maximum((t_hat - t) * (t_hat + t), 0.0)) * S_noise * eps
         d_hat = jnp.asarray(denoise(x_hat, t_hat, class_labels), dtype)
         d = (x_hat - d_hat) / t_hat
         x_euler = x_hat + (t_next - t_hat) * d
