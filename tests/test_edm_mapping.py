@@ -95,3 +95,36 @@ def test_preset_parameter_counts(name):
 def test_imagenet_adm_parameter_count():
     shapes = _param_shapes(edm_config_presets()["imagenet-64x64-cond-adm"])
     assert sum(int(np.prod(l.shape)) for l in jax.tree.leaves(shapes)) == 295_899_267
+
+
+@pytest.mark.parametrize("enc,dec,emb", [("skip", "skip", "positional"), ("residual", "skip", "fourier"),
+                                         ("residual", "standard", "fourier")])
+def test_song_unet_variants_match_key_catalogue(enc, dec, emb):
+    """Encoder/decoder variants without golden files: the Flax tree maps onto the official key catalogue."""
+    cfg = dict(precond="VEPrecond", model_type="SongUNet", img_resolution=8, img_channels=3, model_channels=16,
+               channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], encoder_type=enc, decoder_type=dec,
+               embedding_type=emb, resample_filter=[1, 3, 3, 1], dropout=0.0)
+    shapes = _param_shapes(cfg)
+    params = jax.tree.map(lambda l: np.ones(l.shape, np.float32), shapes)
+    sd = flax_to_state_dict(params, cfg)
+    if enc == "skip":
+        assert "model.enc.4x4_aux_down.resample_filter" in sd and sd["model.enc.4x4_aux_skip.weight"].shape == (
+            16, 3, 1, 1)
+    if dec == "skip":
+        assert "model.dec.8x8_aux_up.resample_filter" in sd and "model.dec.4x4_aux_conv.weight" in sd
+    jax.tree.map(np.testing.assert_array_equal, state_dict_to_flax(sd, cfg), params)
+    out = build_network(cfg).apply({"params": params}, np.zeros((2, 3, 8, 8), np.float32), 1.0)
+    assert out.shape == (2, 3, 8, 8) and bool(np.isfinite(out).all())
+
+
+def test_bad_configs_raise():
+    base = dict(edm_config_presets()["cifar10-32x32-uncond-vp"], img_resolution=8, channel_mult=[1],
+                num_blocks=1)
+    with pytest.raises(ValueError, match="precond"):
+        build_network(dict(base, precond="Nope"))
+    with pytest.raises(ValueError, match="unknown"):
+        build_network(dict(base, bogus=1))
+    with pytest.raises(ValueError, match="groups"):
+        _param_shapes(dict(base, model_channels=144))
+    with pytest.raises(ValueError, match="encoder_type"):
+        _param_shapes(dict(base, encoder_type="fancy"))
