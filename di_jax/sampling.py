@@ -48,7 +48,7 @@ def edm_sampler(denoise: Callable, latents: jax.Array, key: Optional[jax.Array] 
     rs = round_sigma if round_sigma is not None else (lambda s: s)
     lo, hi = max(sigma_min, net_sigma_range[0]), min(sigma_max, net_sigma_range[1])
     t_steps = edm_sigma_steps(num_steps, lo, hi, rho, round_sigma)
-    dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+    dtype = jax.dtypes.canonicalize_dtype(jnp.float64)  # float64 under x64, else float32
     ts = jnp.asarray(t_steps, dtype)
     keys = jax.random.split(key if key is not None else jax.random.PRNGKey(0), num_steps)
     gamma_max = min(S_churn / num_steps, np.sqrt(2) - 1)
@@ -91,3 +91,14 @@ def one_step_generate(generator_apply: Callable, params: Any, z: jax.Array, sigm
     chex.assert_rank(z, 4)
     sigma = jnp.full((z.shape[0],), sigma_init, z.dtype)
     return generator_apply(params, sigma_init * z, sigma, labels)
+
+
+def sample_network(net: Any, params: Any, latents: jax.Array, key: Optional[jax.Array] = None, class_labels=None,
+                   **sampler_kwargs) -> Any:
+    """`edm_sampler` for a `di_jax.nets.Precond` module: its sigma range and round_sigma (iDDPM) applied."""
+    denoise = lambda x, sigma, labels: net.apply({"params": params}, x, sigma, class_labels=labels)
+    rs = None
+    if net.precond == "iDDPMPrecond":
+        rs = lambda s: net.round_sigma(s).astype(jnp.asarray(s).dtype)
+    return edm_sampler(denoise, latents, key, class_labels, round_sigma=rs, net_sigma_range=net.sigma_range(),
+                       **sampler_kwargs)

@@ -7,7 +7,7 @@ import pytest
 
 from di_jax.convert.edm_mapping import state_dict_to_flax
 from di_jax.nets import build_network, iddpm_round_sigma, iddpm_u
-from di_jax.sampling import edm_sampler, edm_sigma_steps, one_step_generate
+from di_jax.sampling import edm_sampler, edm_sigma_steps, one_step_generate, sample_network
 from golden_nets import GOLDEN_DIR, load_case, rel_err
 
 
@@ -109,3 +109,14 @@ def test_one_step_generate_is_denoiser_at_sigma_init():
     np.testing.assert_array_equal(got, want)
     with pytest.raises(ValueError, match="sigma_init"):
         one_step_generate(apply, params, z, 0.0, lab)
+
+
+def test_sample_network_uses_net_range_and_rounding():
+    d, cfg, sd = load_case("adm_multihead_iddpm")
+    net, params = build_network(cfg), state_dict_to_flax(sd, cfg)
+    x, c = sample_network(net, params, d["x"][:2], class_labels=d["class_labels"][:2], num_steps=3, return_calls=True)
+    u = iddpm_u()
+    t = np.asarray(c["t_steps"])
+    assert t[-1] == 0 and all(np.min(np.abs(u - v)) == 0 for v in t[:-1])
+    assert t[-2] == pytest.approx(float(u[999]))  # clamped to the net's sigma_min, not 0.002
+    assert x.shape == (2, 3, 8, 8) and bool(np.isfinite(x).all())
