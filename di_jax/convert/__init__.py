@@ -23,9 +23,10 @@ from di_jax.convert.torch_zip import ZIP_MAGIC, read_zip
 from di_jax.convert.unpickle import CheckpointError, RefusedGlobalError
 
 __all__ = ["CheckpointError", "RefusedGlobalError", "read_checkpoint", "read_state_dict", "convert_checkpoint",
-           "load_teacher", "load_converted"]
+           "load_teacher", "load_converted", "save_safetensors"]
 
 CONFIG_FILE, PARAMS_DIR = "config.json", "params"
+SAFETENSORS_CONFIG_KEY = "edm_config"   # safetensors metadata entry holding the network config as JSON
 _LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # pickled 0x1950a86a20f9469cfc6c
 _NOT_CHECKPOINTS = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image",
                     b"\x1f\x8b": "a gzip file", b"\x93NUMPY": "a .npy array", b"\x7fELF": "an executable"}
@@ -61,14 +62,46 @@ def sniff(path: str | os.PathLike) -> str:
     raise CheckpointError(f"{os.fspath(path)} is {kind}, not an EDM .pkl, torch .pt or .safetensors checkpoint")
 
 
-def _read_safetensors(path) -> "dict[str, np.ndarray]":
-    from safetensors import SafetensorError  # pylint: disable=import-outside-toplevel
+def _read_safetensors(path) -> "tuple[dict[str, np.ndarray], dict | None]":
+    """(tensors, config recorded in the metadata by `save_safetensors` or None)."""
+    from safetensors import SafetensorError, safe_open  # pylint: disable=import-outside-toplevel
     from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
 
     try:
-        return dict(load_file(os.fspath(path)))
+        tensors = dict(load_file(os.fspath(path)))
+        with safe_open(os.fspath(path), framework="numpy") as f:
+            metadata = f.metadata() or {}
     except (SafetensorError, OSError, ValueError, TypeError) as e:
         raise CheckpointError(f"corrupt or truncated safetensors file ({str(e).splitlines()[0][:200]})") from None
+    if SAFETENSORS_CONFIG_KEY not in metadata:
+        return tensors, None
+    try:
+        recorded = json.loads(metadata[SAFETENSORS_CONFIG_KEY])
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{os.fspath(path)}: metadata {SAFETENSORS_CONFIG_KEY!r} is not JSON ({e})") from None
+    if not isinstance(recorded, dict) or "precond" not in recorded:
+        raise CheckpointError(f"{os.fspath(path)}: metadata {SAFETENSORS_CONFIG_KEY!r} must be a JSON object "
+                              "with a 'precond' entry")
+    return tensors, recorded
+
+
+def save_safetensors(path: str | os.PathLike, params: Any, config: Mapping[str, Any]) -> None:
+    """Write Flax EDM params as a `.safetensors` file with the official PyTorch state_dict names.
+
+    The network config goes into the file's metadata, so `load_teacher(path)` needs no `config`
+    argument; PyTorch users read it with `safetensors.torch.load_file` into the official network.
+    """
+    from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+
+    from di_jax.convert.edm_mapping import flax_to_state_dict  # pylint: disable=import-outside-toplevel
+
+    cfg = config_lib.complete(config_lib.to_jsonable(dict(config)))
+    if isinstance(cfg.get("sigma_max"), float) and not np.isfinite(cfg["sigma_max"]):
+        cfg.pop("sigma_max")  # EDMPrecond's default inf; JSON has no infinity
+    state_dict = flax_to_state_dict(_to_numpy_tree(params), cfg)
+    catalogue.check_state_dict(state_dict, cfg)
+    tensors = {k: np.ascontiguousarray(v, np.float32) for k, v in state_dict.items()}
+    save_file(tensors, os.fspath(path), metadata={SAFETENSORS_CONFIG_KEY: json.dumps(cfg, sort_keys=True)})
 
 
 def read_state_dict(path: str | os.PathLike, use_torch: bool | None = None) -> tuple[dict, dict | None]:
@@ -79,7 +112,7 @@ def read_state_dict(path: str | os.PathLike, use_torch: bool | None = None) -> t
         return state_dict, config_lib.from_init_kwargs(precond, kwargs)
     if kind == "zip":
         return read_zip(path, use_torch), None
-    return _read_safetensors(path), None
+    return _read_safetensors(path)
 
 
 def read_checkpoint(path: str | os.PathLike, config: Mapping[str, Any] | None = None,
