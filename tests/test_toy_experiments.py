@@ -1,0 +1,54 @@
+"""Smoke tests of the toy experiment scripts (experiments/toy_distill.py, toy_lr_sweep.py): seconds, not minutes."""
+
+import json
+import math
+import os
+import sys
+
+import numpy as np
+from PIL import Image
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "experiments"))
+
+import toy_distill  # noqa: E402
+import toy_lr_sweep  # noqa: E402
+
+SMALL = {"batch_size": 64, "networks.hidden": 32}
+
+
+def test_toy_distill_writes_table_and_pngs(tmp_path):
+    result = toy_distill.run_all(["ring"], ["sim"], steps=10, seeds=[0], out=str(tmp_path), num_eval=300,
+                                 overrides=SMALL, log=lambda *a: None)
+    names = set(os.listdir(tmp_path))
+    assert {"toy_distill.md", "toy_distill.png", "toy_distill_ring_sim.png", "toy_distill.json"} <= names
+    md = (tmp_path / "toy_distill.md").read_text()
+    assert "teacher samples (reference)" in md and "SIM (pseudo-Huber)" in md
+    assert result["table"] in md
+    grid = Image.open(tmp_path / "toy_distill.png")
+    assert grid.size[0] > grid.size[1] > 100            # one row: teacher panel + one method panel
+
+    run = json.load(open(tmp_path / "toy_distill.json"))["ring/sim"][0]
+    assert run["steps"] == 10 and run["finite"] and run["skipped_gen"] == 0
+    for key in ("mode_coverage", "loglik", "loglik_median", "near_mode", "energy_distance", "wall_s"):
+        assert math.isfinite(run[key]), key
+    assert 0.0 <= run["mode_coverage"] <= 1.0 and 0.0 <= run["near_mode"] <= 1.0 and run["energy_distance"] >= 0
+
+
+def test_distill_reports_history_and_teacher_reference():
+    config = toy_distill.make_config("grid", "di", steps=6, seed=1, overrides=SMALL)
+    assert config.teacher.kind == "grid" and config.seed == 1 and config.networks.hidden == 32
+    r = toy_distill.distill(config, num_eval=200, log_every=3, log=lambda *a: None)
+    assert [h["step"] for h in r["history"]] == [3, 6]
+    assert r["samples"].shape == (200, 2) and np.all(np.isfinite(r["samples"]))
+    ref = toy_distill.teacher_reference(r["teacher"], 2000)
+    assert ref["mode_coverage"] == 1.0 and ref["near_mode"] > 0.97       # 2-D: P(|z| <= 3) = 0.989
+
+
+def test_lr_sweep_table_and_plot(tmp_path):
+    runs = toy_lr_sweep.sweep(["sim"], [1e-3, 1.0], [0], steps=4, num_eval=200, log=lambda *a: None)
+    assert len(runs) == 2 and {r["lr"] for r in runs} == {1e-3, 1.0}
+    md = toy_lr_sweep.table(runs, ["sim"], [1e-3, 1.0])
+    assert md.count("\n") == 3 and "/1 |" in md
+    toy_lr_sweep.plot(str(tmp_path / "sweep.png"), runs, ["sim"], [1e-3, 1.0])
+    assert Image.open(tmp_path / "sweep.png").size[0] > 0
