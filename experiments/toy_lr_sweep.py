@@ -1,6 +1,6 @@
 """The SIM paper's robustness claim on the 8-Gaussian ring: generator learning rate x seed x method.
 
-    python experiments/toy_lr_sweep.py            # lr 1e-4,1e-3,1e-2,1e-1 x seeds 0,1,2 x SIM, SIM (paper sigma), DI, SiD
+    python experiments/toy_lr_sweep.py            # lr 1e-4..1e-1 (6 values) x seeds 0,1,2 x SIM, SIM (paper sigma), DI, SiD
 
 Claim under test (SIM paper): SIM with the pseudo-Huber distance stays stable at a large generator
 learning rate where DI and SiD do not. Each run is configs/toy_ring.py:<method> with only
@@ -142,7 +142,7 @@ def plot(path: str, runs: Sequence[Dict[str, Any]], methods: Sequence[str], lrs:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default="sim,sim_paper,di,sid", help=f"from {sorted(METHODS)}")
-    parser.add_argument("--lrs", default="1e-4,1e-3,1e-2,1e-1")
+    parser.add_argument("--lrs", default="1e-4,1e-3,3e-3,1e-2,3e-2,1e-1")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--num-eval", type=int, default=2000)
