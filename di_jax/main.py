@@ -1,6 +1,6 @@
 """Entry point of a distillation run.
 
-    python -m di_jax.main --config configs/toy_ring_sim.py --workdir runs/ring \
+    python -m di_jax.main --config configs/digits_sim.py --workdir runs/digits \
         --config.method=di --config.gen_optim.lr=1e-4
     di-jax distill ...   (the same)
 
@@ -16,11 +16,11 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_CONFIG = os.path.join(_REPO, "configs", "toy_ring_sim.py")
+DEFAULT_CONFIG = os.path.join(_REPO, "configs", "digits_sim.py")
 
 _CONFIG = config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Training configuration file.",
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Directory for checkpoints, logs and pictures.")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/digits", "Directory for checkpoints, logs and pictures.")
 
 
 class _QuietLibraries(logging.Filter):

@@ -10,6 +10,11 @@ import ml_collections
 from di_jax import diffusion, distances
 
 METHODS = ("di", "sim", "sid", "sds", "dmd")
+# generator-phase noise levels of each method's reference implementation (spec distillation.md §5, §7);
+# used when config.sigma_gen.kind == "auto"
+METHOD_SIGMA_GEN = dict(sim=dict(kind="sim"), di=dict(kind="edm"), sds=dict(kind="edm"),
+                        sid=dict(kind="karras", index_range=(0, 800)),
+                        dmd=dict(kind="karras", index_range=(20, 980)))
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -41,9 +46,23 @@ def base_config() -> ml_collections.ConfigDict:
     # FID during training (image runs): every N steps when `ref` (EDM .npz stats) and `inception`
     # (pytorch-fid weight file) are given
     c.fid = ml_collections.ConfigDict(dict(every=0, num=10000, batch=250, ref="", inception=""))
+    # final evaluation of image runs: kind "digits" writes report.md (embedded classifier FD, coverage)
+    c.eval = ml_collections.ConfigDict(dict(kind="none", num=1000, heun_steps=18))
+    # Performance options (experiments/PERF.md). remat: "none" | "generator" | "all" wraps those networks
+    # in jax.checkpoint (less memory, one extra forward each). networks.dtype (EDM networks only):
+    # "float32" | "bfloat16" compute, parameters and optimiser state stay float32.
+    c.remat = "none"
+    c.networks.dtype = "float32"
     c.distributed = False                 # call jax.distributed.initialize() (multi-host)
     c.num_devices = 0                     # devices in the mesh; 0: all
     return c
+
+
+def sigma_gen(config: ml_collections.ConfigDict) -> dict:
+    """The generator phase's sigma sampler as a dict (kind + kwargs); 'auto' picks the method's own."""
+    if config.sigma_gen.kind == "auto":
+        return dict(METHOD_SIGMA_GEN[config.method])
+    return dict(config.sigma_gen)
 
 
 def _positive(config, path: str) -> None:
@@ -76,9 +95,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the number of "
                          f"devices ({num_devices})")
     for name in ("sigma_gen", "sigma_fake"):
-        if config[name].kind not in diffusion.SIGMA_SAMPLERS:
-            raise ValueError(f"config.{name}.kind must be one of {diffusion.SIGMA_SAMPLERS}; "
-                             f"got {config[name].kind!r}")
+        allowed = diffusion.SIGMA_SAMPLERS + (("auto",) if name == "sigma_gen" else ())
+        if config[name].kind not in allowed:
+            raise ValueError(f"config.{name}.kind must be one of {allowed}; got {config[name].kind!r}")
     fid = config.get("fid")
     if fid is not None and fid.every:
         for key in ("ref", "inception"):
@@ -86,5 +105,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
                 raise ValueError(f"config.fid.{key} must be set when config.fid.every > 0")
         _positive(config, "fid.num")
         _positive(config, "fid.batch")
+    if config.get("remat", "none") not in ("none", "generator", "all"):
+        raise ValueError(f"config.remat must be one of ('none', 'generator', 'all'); got {config.remat!r}")
+    if config.networks.get("dtype", "float32") not in ("float32", "bfloat16"):
+        raise ValueError(f"config.networks.dtype must be 'float32' or 'bfloat16'; got {config.networks.dtype!r}")
     if config.ema.rampup < 0:
         raise ValueError(f"config.ema.rampup must be >= 0; got {config.ema.rampup}")

@@ -3,12 +3,17 @@
 `build_run(config, workdir)` dispatches on `config.networks.kind`:
   * 'mlp': MLP generator and fake score against an analytic Gaussian-mixture teacher
     (scatter plots; mode coverage, teacher log-likelihood, energy distance).
+  * 'edm': an EDM teacher network loaded through the converter (`config.teacher.path`: a converted
+    directory, .pkl, .pt or .safetensors; empty: the embedded digits teacher); the generator and the
+    fake score start as copies of it (sample grids, one row per class; the digits quality report
+    when `config.eval.kind == 'digits'`; FID in the loop via `config.fid`).
 """
 
 import os
 from typing import Any, Callable, Dict, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -92,8 +97,61 @@ def _toy_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
     return Run(nets, teacher, draw, evaluate)
 
 
+def load_edm_teacher(config: ml_collections.ConfigDict):
+    """(module, params) of config.teacher.path ('' -> the embedded digits teacher), in networks.dtype."""
+    from di_jax.convert import load_teacher
+    from di_jax.teachers import digits as digits_teacher
+
+    path = config.teacher.get("path", "") or digits_teacher.ASSET
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"config.teacher.path: no such file or directory {path!r}")
+    module, params = load_teacher(path)
+    dtype = config.networks.get("dtype", "float32")
+    if dtype != "float32":
+        module = module.clone(dtype=jnp.dtype(dtype), model=module.model.clone(dtype=jnp.dtype(dtype)))
+    return module, params
+
+
+def _edm_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
+    from di_jax.train.networks import edm_networks
+    from di_jax.train.visualise import image_grid_png
+
+    module, teacher_params = load_edm_teacher(config)
+    res, channels = module.model.img_resolution, module.img_channels
+    nets = edm_networks(module, (channels, res, res), module.label_dim, config.networks.sigma_init,
+                        dropout=config.networks.get("teacher_dropout", False))
+    ncol = config.get("grid_columns", 10)
+    classes = min(nets.label_dim, 10) if nets.label_dim else 0
+    grid_labels = None
+    if classes:   # one row per class
+        grid_labels = jax.nn.one_hot(np.repeat(np.arange(classes), ncol), nets.label_dim)
+    num_grid = classes * ncol if classes else ncol * ncol
+    scale = max(1, 64 // res)
+
+    def draw(state: TrainState, tag: str) -> None:
+        x = generate_samples(nets, state.ema_params, num_grid, seed=config.seed + 1234, batch=256,
+                             labels=grid_labels)
+        image_grid_png(os.path.join(workdir, f"samples_{tag}.png"), x.transpose(0, 2, 3, 1), nrow=ncol,
+                       scale=scale, row_labels=[str(c) for c in range(classes)] if classes else None)
+
+    def evaluate(state: TrainState) -> Dict[str, Any]:
+        out = {"skipped_gen": int(state.skipped_gen), "skipped_fake": int(state.skipped_fake)}
+        if config.eval.kind == "digits":
+            from di_jax.train.report import digits_report
+            extra = dict(method=config.method, steps=int(state.step), batch=config.batch_size,
+                         sigma_init=config.networks.sigma_init)
+            out.update(digits_report(nets, module, teacher_params, state.ema_params, workdir,
+                                     num=config.eval.num, heun_steps=config.eval.heun_steps,
+                                     extra=extra))
+        return out
+
+    return Run(nets, teacher_params, draw, evaluate)
+
+
 def build_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
     kind = config.networks.kind
     if kind == "mlp":
         return _toy_run(config, workdir)
-    raise ValueError(f"config.networks.kind must be one of ('mlp',); got {kind!r}")
+    if kind == "edm":
+        return _edm_run(config, workdir)
+    raise ValueError(f"config.networks.kind must be one of ('mlp', 'edm'); got {kind!r}")

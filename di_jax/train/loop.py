@@ -154,7 +154,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         run.draw(state, "end")
         results = run.evaluate(state)
         if results:
-            writer.write_scalars(int(state.step), {k: v for k, v in results.items() if np.isscalar(v)})
+            writer.write_scalars(int(state.step), {k: v for k, v in results.items()
+                                                  if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)})
             with open(os.path.join(workdir, "metrics.json"), "w") as f:
                 json.dump(results, f, indent=2, default=float)
             log.info("final metrics: %s", json.dumps(results, default=float))

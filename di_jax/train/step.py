@@ -27,6 +27,7 @@ import optax
 
 from di_jax import diffusion, distances, losses
 from di_jax.train import sharding
+from di_jax.train import config as config_lib
 from di_jax.train.config import validate
 from di_jax.train.networks import Networks, one_hot_labels
 from di_jax.train.state import TrainState, create_state, ema_decay, make_optimizer
@@ -70,15 +71,37 @@ def _apply(tx: optax.GradientTransformation, loss, grads, params, opt_state):
     return _select(ok, new_params, params), _select(ok, new_opt_state, opt_state), ok, optax.tree.norm(grads)
 
 
+REMAT_MODES = ("none", "generator", "all")
+
+
+def remat_networks(nets: Networks, mode: str) -> Networks:
+    """Wraps network calls in `jax.checkpoint` (config.remat): their backward pass recomputes the forward.
+
+    "generator": only the generator, whose VJP residuals otherwise stay alive through the whole fake
+    phase; "all": generator, fake score and teacher (peak memory ~ one network's activations, at the
+    price of one extra forward per differentiated network call). Values and gradients are unchanged.
+    """
+    if mode not in REMAT_MODES:
+        raise ValueError(f"config.remat must be one of {REMAT_MODES}; got {mode!r}")
+    if mode == "none":
+        return nets
+    ckpt = jax.checkpoint
+    if mode == "generator":
+        return nets._replace(generate=ckpt(nets.generate))
+    return nets._replace(generate=ckpt(nets.generate), fake_denoise=ckpt(nets.fake_denoise),
+                         teacher_denoise=ckpt(nets.teacher_denoise))
+
+
 def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
                     mesh: Optional[jax.sharding.Mesh] = None) -> Callable:
     """Builds the jitted train step (validated before anything is traced)."""
     mesh = mesh or sharding.make_mesh()
     validate(config, mesh.size)
+    nets = remat_networks(nets, config.get("remat", "none"))
     gen_tx, fake_tx = make_optimizer(config.gen_optim), make_optimizer(config.fake_optim)
     gen_loss = generator_loss_fn(config)
     batch = config.batch_size
-    sigma_gen = dict(config.sigma_gen)
+    sigma_gen = config_lib.sigma_gen(config)
     sigma_fake = dict(config.sigma_fake)
     shard = functools.partial(sharding.shard_batch, mesh=mesh)
     use_fake = config.method != "sds"
