@@ -55,7 +55,8 @@ def test_torch_port_matches_flax_on_random_weights():
     from di_jax.bench import network_config
     cfg = network_config("tiny")
     flax_net = build_flax(cfg)
-    x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    r = cfg["img_resolution"]
+    x = np.random.default_rng(0).standard_normal((2, cfg["img_channels"], r, r)).astype(np.float32)
     sigma = np.array([0.3, 7.0], np.float32)
     labels = np.eye(cfg["label_dim"], dtype=np.float32)[[1, 4]]
     params = flax_net.init(jax.random.PRNGKey(1), x, sigma, class_labels=labels)["params"]
