@@ -11,6 +11,8 @@ import logging
 import os
 import sys
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")      # TensorFlow (imported by clu's writers): errors only
+
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
@@ -27,16 +29,25 @@ class _QuietLibraries(logging.Filter):
     """Drops orbax's per-save INFO chatter; keeps its warnings and everything else."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+        if record.levelno >= logging.WARNING:
+            return True
+        return "orbax" not in record.pathname and "xla_bridge" not in record.pathname
 
 
 def _run(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     logging.getLogger("di_jax").setLevel(logging.INFO)
     absl_logging.get_absl_handler().addFilter(_QuietLibraries())
+    import jax
+
     from di_jax.train import loop
+
+    # Persistent XLA cache: a resumed or repeated run skips recompiling its train step.
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", os.environ.get(
+            "DI_JAX_XLA_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "di_jax", "xla")))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
 
     loop.train(_CONFIG.value, _WORKDIR.value)
 
