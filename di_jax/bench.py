@@ -321,9 +321,10 @@ def _fmt(v, spec="{:.2f}"):
 
 
 def markdown(result: dict) -> str:
-    peak = result["peak_tflops"]
+    peaks = result["peak_tflops"] or {}
+    peak_text = ", ".join(f"{k} {v:g}" for k, v in peaks.items()) or "n/a"
     lines = [f"device: {result['device']}; jax {result['jax_version']}, torch {result.get('torch_version', 'n/a')}; "
-             f"{result['steps']} timed steps after {result['warmup']} warm-up; peak {_fmt(peak, '{:g}')} TFLOP/s; "
+             f"{result['steps']} timed steps after {result['warmup']} warm-up; peak TFLOP/s {peak_text}; "
              f"host load average {_fmt(result.get('load_avg_start') and result['load_avg_start'][0])} (start) "
              f"{_fmt(result.get('load_avg_end') and result['load_avg_end'][0])} (end)",
              "",
@@ -338,7 +339,7 @@ def markdown(result: dict) -> str:
         if "error" in j:
             jcols = f"| error: {j['error']} " + "| " * 9
         else:
-            mfu = None if (peak is None or j["flops_per_s"] is None) else 100 * j["flops_per_s"] / (peak * 1e12)
+            mfu = None if j.get("mfu") is None else 100 * j["mfu"]
             jcols = (f"| {j['compile_s']:.1f} | {j['median_ms']:.1f} | {j['images_per_s']:.2f} "
                      f"| {j['pipelined_images_per_s']:.2f} | {_fmt(j['peak_mem_mib'], '{:.0f}')} ({j['peak_mem_kind']}) "
                      f"| {_fmt(j['xla_mem_mib'], '{:.0f}')} "
@@ -380,6 +381,22 @@ def _positive_ints(text):
     return items
 
 
+def _peaks(text):
+    """'989' -> {'fp32': 989, 'bf16': 989}; 'bf16=989,fp32=495' -> that mapping."""
+    try:
+        if "=" not in text:
+            value = float(text)
+            peaks = {p: value for p in PRECISIONS}
+        else:
+            peaks = {k.strip(): float(v) for k, v in (item.split("=", 1) for item in text.split(",") if item)}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'bf16=N,fp32=M'; got {text!r}") from None
+    bad = [k for k in peaks if k not in PRECISIONS]
+    if bad or not all(v > 0 for v in peaks.values()):
+        raise argparse.ArgumentTypeError(f"peaks must be positive, keys in {PRECISIONS}; got {text!r}")
+    return peaks
+
+
 def build_parser(prog="di-jax bench"):
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -397,7 +414,9 @@ def build_parser(prog="di-jax bench"):
     p.add_argument("--torch", type=_csv(TORCH_MODES + ("none",)), default=["eager", "compile"],
                    help="PyTorch reference columns: eager, compile, or none")
     p.add_argument("--torch-device", default=None, help="default: cuda when available, else cpu")
-    p.add_argument("--peak-tflops", type=float, default=None, help="device peak TFLOP/s for MFU (e.g. 989 H100 bf16)")
+    p.add_argument("--peak-tflops", type=_peaks, default=None,
+                   help="device peak TFLOP/s for MFU: one number, or per precision 'bf16=989,fp32=495' "
+                        "(H100 SXM dense: bf16 989, TF32 495, plain fp32 67)")
     p.add_argument("--json", default=None, help="write all numbers to this JSON file")
     p.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=None,
                    help="one subprocess per cell (default: on when more than one cell)")
@@ -411,8 +430,6 @@ def run(args) -> dict:
     import jax
     if args.steps < 1 or args.warmup < 0:
         raise BenchError(f"--steps must be >= 1 and --warmup >= 0; got {args.steps}, {args.warmup}")
-    if args.peak_tflops is not None and not args.peak_tflops > 0:
-        raise BenchError(f"--peak-tflops must be > 0; got {args.peak_tflops}")
     devices = args.devices or jax.device_count()
     if devices < 0 or devices > jax.device_count():
         raise BenchError(f"--devices must be in [0, {jax.device_count()}]; got {args.devices}")
@@ -449,11 +466,21 @@ def run(args) -> dict:
             t, j = torch_done[key], row["jax"]
             if "error" not in t and "error" not in j:
                 row[f"ratio_{mode}"] = round(j["images_per_s"] / t["images_per_s"], 3)
-        if args.peak_tflops and "error" not in row["jax"] and row["jax"]["flops_per_s"]:
-            row["jax"]["mfu"] = row["jax"]["flops_per_s"] / (args.peak_tflops * 1e12)
+        peak = (args.peak_tflops or {}).get(p)
+        if peak and "error" not in row["jax"] and row["jax"]["flops_per_s"]:
+            row["jax"]["mfu"] = row["jax"]["flops_per_s"] / (peak * 1e12)
         result["rows"].append(row)
+        if args.json:                      # partial results survive an interrupted long run
+            _write_json(args.json, dict(result, partial=True))
     result["load_avg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     return result
+
+
+def _write_json(path, result) -> pathlib.Path:
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+    return path
 
 
 def main(argv=None) -> int:
@@ -473,10 +500,7 @@ def main(argv=None) -> int:
         return 2
     print(markdown(result))
     if args.json:
-        path = pathlib.Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=1))
-        print(f"\nwrote {path}")
+        print(f"\nwrote {_write_json(args.json, result)}")
     return 0
 
 

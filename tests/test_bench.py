@@ -29,7 +29,7 @@ def test_bench_tiny_table_and_json(tmp_path, capsys):
     assert row.count("|") == header.count("|") and "error" not in row
     assert text.startswith("device: cpu") or text.startswith("device: ")
     result = json.loads(out.read_text())
-    assert result["steps"] == 2 and result["peak_tflops"] == 1 and result["device"]
+    assert result["steps"] == 2 and result["peak_tflops"] == {"fp32": 1, "bf16": 1} and result["device"]
     (r,) = result["rows"]
     assert (r["config"], r["method"], r["batch"], r["precision"], r["remat"]) == ("tiny", "di", 2, "fp32", "none")
     j, t = r["jax"], r["torch-eager"]
@@ -49,6 +49,8 @@ def test_bench_tiny_table_and_json(tmp_path, capsys):
     (["--method", "dmd"], "unknown"),
     (["--batch", "0"], "positive"),
     (["--precision", "fp16"], "unknown"),
+    (["--peak-tflops", "fp16=3"], "peaks must be"),
+    (["--peak-tflops", "-1"], "peaks must be"),
 ])
 def test_bad_arguments_exit_2(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
