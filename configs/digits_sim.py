@@ -22,7 +22,7 @@ def get_config(method: str = "sim"):
     c.networks = ml_collections.ConfigDict(dict(kind="edm", sigma_init=2.5, teacher_dropout=False,
                                                 dtype="float32"))
     c.batch_size = 64
-    c.num_steps = 600
+    c.num_steps = 400
     c.fake_steps = 1
     c.gen_optim.update(lr=1e-4, b2=0.999)
     c.fake_optim.update(lr=1e-4, b2=0.999)
