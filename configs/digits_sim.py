@@ -22,11 +22,11 @@ def get_config(method: str = "sim"):
     c.networks = ml_collections.ConfigDict(dict(kind="edm", sigma_init=2.5, teacher_dropout=False,
                                                 dtype="float32"))
     c.batch_size = 64
-    c.num_steps = 400
+    c.num_steps = 800
     c.fake_steps = 1
     c.gen_optim.update(lr=1e-4, b2=0.999)
     c.fake_optim.update(lr=1e-4, b2=0.999)
-    c.ema.update(halflife_kimg=2.0, rampup=0.05)
+    c.ema.update(halflife_kimg=5.0, rampup=0.05)
     c.log_every = 50
     c.ckpt_every = 200
     c.eval.update(kind="digits", num=1000, heun_steps=18)
