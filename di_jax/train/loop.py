@@ -72,7 +72,13 @@ def restore_or_init(mngr: ocp.CheckpointManager, fresh: TrainState) -> TrainStat
     if latest is None:
         return fresh
     log.info("resuming from checkpoint at step %d", latest)
-    return mngr.restore(latest, args=ocp.args.StandardRestore(fresh))
+    try:
+        return mngr.restore(latest, args=ocp.args.StandardRestore(fresh))
+    except (ValueError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"the checkpoint at step {latest} in {mngr.directory} does not fit this run's train state "
+            f"(another network, method or di_jax version wrote it): use a new --workdir. ({first})") from None
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,

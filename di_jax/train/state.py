@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from jax.flatten_util import ravel_pytree
 
 PyTree = Any
 
@@ -22,8 +23,8 @@ class TrainState:
     gen_params: PyTree
     fake_params: PyTree
     ema_params: PyTree         # EMA of gen_params (EDM half-life rule)
-    gen_opt_state: PyTree
-    fake_opt_state: PyTree
+    gen_opt_state: PyTree      # optimiser state over the *flattened* generator params (see flat_params)
+    fake_opt_state: PyTree     # likewise for the fake score
     skipped_gen: jax.Array     # int32 [], generator updates skipped for non-finite loss/grad
     skipped_fake: jax.Array    # int32 [], fake-score updates skipped
 
@@ -34,12 +35,24 @@ def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformati
     return optax.chain(optax.clip_by_global_norm(cfg.clip), adam) if cfg.clip > 0 else adam
 
 
+def flat_params(tree: PyTree) -> jax.Array:
+    """All leaves of a parameter tree raveled into one 1-D vector (jax.flatten_util order).
+
+    The optimisers and the EMA work on this vector: a few large element-wise kernels instead of
+    several per parameter leaf. On XLA:CPU that cut the compile time of the CIFAR-10 DDPM++ DI step
+    from 551 s to 71 s (experiments/PERF.md); Adam and the EMA are element-wise, so the update is
+    the same as per leaf.
+    """
+    return ravel_pytree(tree)[0]
+
+
 def create_state(rng: jax.Array, gen_params: PyTree, fake_params: PyTree,
                  gen_tx: optax.GradientTransformation, fake_tx: optax.GradientTransformation) -> TrainState:
     copy = lambda t: jax.tree.map(jnp.array, t)
     return TrainState(step=jnp.zeros((), jnp.int32), rng=jnp.asarray(rng, jnp.uint32),
                       gen_params=gen_params, fake_params=fake_params, ema_params=copy(gen_params),
-                      gen_opt_state=gen_tx.init(gen_params), fake_opt_state=fake_tx.init(fake_params),
+                      gen_opt_state=gen_tx.init(flat_params(gen_params)),
+                      fake_opt_state=fake_tx.init(flat_params(fake_params)),
                       skipped_gen=jnp.zeros((), jnp.int32), skipped_fake=jnp.zeros((), jnp.int32))
 
 

@@ -24,13 +24,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from jax.flatten_util import ravel_pytree
 
 from di_jax import diffusion, distances, losses
 from di_jax.train import sharding
 from di_jax.train import config as config_lib
 from di_jax.train.config import validate
 from di_jax.train.networks import Networks, one_hot_labels
-from di_jax.train.state import TrainState, create_state, ema_decay, make_optimizer
+from di_jax.train.state import TrainState, create_state, ema_decay, flat_params, make_optimizer
 
 sg = jax.lax.stop_gradient
 PyTree = Any
@@ -54,21 +55,23 @@ def generator_loss_fn(config: ml_collections.ConfigDict) -> Callable:
     return losses.GENERATOR_LOSSES[method]
 
 
-def _all_finite(*trees) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for t in trees for x in jax.tree_util.tree_leaves(t)]
-    return jnp.all(jnp.stack(leaves))
-
-
 def _select(ok: jax.Array, new: PyTree, old: PyTree) -> PyTree:
     return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
 
 
 def _apply(tx: optax.GradientTransformation, loss, grads, params, opt_state):
-    """One optimiser update, skipped (params/state unchanged) if the loss or a gradient is non-finite."""
-    updates, new_opt_state = tx.update(grads, opt_state, params)
-    ok = jnp.isfinite(loss) & _all_finite(grads)
-    new_params = optax.apply_updates(params, updates)
-    return _select(ok, new_params, params), _select(ok, new_opt_state, opt_state), ok, optax.tree.norm(grads)
+    """One optimiser update on the flattened params, skipped if the loss or a gradient is non-finite.
+
+    Returns (new flat params, unravel, new opt state, ok, grad norm). The optimiser state lives on
+    the flat vector (state.flat_params): Adam is element-wise, so this is the same update as per leaf,
+    compiled as a handful of kernels instead of several per parameter leaf.
+    """
+    flat, unravel = ravel_pytree(params)
+    flat_grads = flat_params(grads)
+    updates, new_opt_state = tx.update(flat_grads, opt_state, flat)
+    ok = jnp.isfinite(loss) & jnp.all(jnp.isfinite(flat_grads))
+    new_flat = jnp.where(ok, optax.apply_updates(flat, updates), flat)
+    return new_flat, unravel, _select(ok, new_opt_state, opt_state), ok, jnp.linalg.norm(flat_grads)
 
 
 REMAT_MODES = ("none", "generator", "all")
@@ -121,8 +124,8 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
             return jnp.mean(losses.dsm_loss(denoise, x0, sigma, noise, labels))
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
-        params, opt_state, ok, gnorm = _apply(fake_tx, loss, grads, params, opt_state)
-        return params, opt_state, loss, ok, gnorm
+        flat, unravel, opt_state, ok, gnorm = _apply(fake_tx, loss, grads, params, opt_state)
+        return unravel(flat), opt_state, loss, ok, gnorm
 
     def step(state: TrainState, teacher_params: PyTree, labels: Optional[jax.Array]):
         rng = jax.random.fold_in(state.rng, state.step)
@@ -157,20 +160,21 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
         gen_loss_value, g_x0 = jax.value_and_grad(
             lambda x: jnp.mean(gen_loss(x, sigma, noise, fake_den, teacher_den, labels)))(x0)
         (grads,) = gen_vjp(g_x0)
-        gen_params, gen_opt_state, gen_ok, gen_gnorm = _apply(
+        gen_flat, unravel, gen_opt_state, gen_ok, gen_gnorm = _apply(
             gen_tx, gen_loss_value, grads, state.gen_params, state.gen_opt_state)
+        gen_params = unravel(gen_flat)
 
         beta = ema_decay(state.step, batch, config.ema.halflife_kimg, config.ema.rampup)
-        ema_params = jax.tree.map(lambda e, p: beta * e + (1 - beta) * p, state.ema_params, gen_params)
+        ema_params = unravel(beta * flat_params(state.ema_params) + (1 - beta) * gen_flat)
 
         new_state = state.replace(
             step=state.step + 1, gen_params=gen_params, fake_params=fake_params, ema_params=ema_params,
             gen_opt_state=gen_opt_state, fake_opt_state=fake_opt_state,
             skipped_gen=state.skipped_gen + (~gen_ok).astype(jnp.int32),
             skipped_fake=state.skipped_fake + fake_skipped)
-        update = jax.tree.map(lambda a, b: a - b, gen_params, state.gen_params)
+        update = gen_flat - flat_params(state.gen_params)
         metrics = dict(gen_loss=gen_loss_value, fake_loss=fake_loss, gen_grad_norm=gen_gnorm,
-                       fake_grad_norm=fake_gnorm, gen_update_norm=optax.tree.norm(update),
+                       fake_grad_norm=fake_gnorm, gen_update_norm=jnp.linalg.norm(update),
                        ema_beta=beta, skipped_gen=new_state.skipped_gen, skipped_fake=new_state.skipped_fake,
                        x0_std=jnp.std(x0))
         return new_state, metrics
