@@ -110,3 +110,20 @@ def test_conv2d_resampling_matches_torch(taps, mode):
     got = conv.apply({"params": params}, x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 7, 5, 2)])
+def test_box_filter_fast_path_equals_depthwise_conv(shape):
+    """[1, 1] resampling as average pooling / nearest upsampling: same values and gradients as the FIR conv."""
+    from di_jax.nets import layers
+
+    x = np.random.RandomState(1).randn(*shape).astype(np.float32)
+    f = layers.resample_filter([1, 1])
+    conv_up = lambda v: layers._depthwise(v, 4 * f[::-1, ::-1], 1, 1, 2)
+    conv_down = lambda v: layers._depthwise(v, f, 2, 0, 1)
+    for fast, ref in ((lambda v: layers.upsample(v, f, 0), conv_up), (lambda v: layers.downsample(v, f, 0), conv_down)):
+        y, y_ref = fast(x), ref(x)
+        assert y.shape == y_ref.shape
+        np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-6)
+        g = np.random.RandomState(2).randn(*y.shape).astype(np.float32)
+        np.testing.assert_allclose(jax.vjp(fast, x)[1](g)[0], jax.vjp(ref, x)[1](g)[0], rtol=1e-6, atol=1e-6)

@@ -33,14 +33,29 @@ def _depthwise(x, f, stride, pad, dilate):
                                     dimension_numbers=_DN, feature_group_count=c)
 
 
+def _is_box2(f, pad) -> bool:
+    """The [1, 1] filter without padding: 2x2 box, where the FIR resampling needs no convolution."""
+    return f.shape == (2, 2) and pad == 0 and bool(np.all(f == np.float32(0.25)))
+
+
 def upsample(x, f, pad):
-    """Depthwise transposed conv with 4f, stride 2, padding `pad` (zero-padded FIR; spec 1.3)."""
+    """Depthwise transposed conv with 4f, stride 2, padding `pad` (zero-padded FIR; spec 1.3).
+
+    For the [1, 1] filter this is nearest-neighbour 2x upsampling and is computed as such (a
+    broadcast: no grouped, input-dilated convolution in the forward or backward pass).
+    """
+    if _is_box2(f, pad):
+        n, h, w, c = x.shape
+        return jnp.broadcast_to(x[:, :, None, :, None, :], (n, h, 2, w, 2, c)).reshape(n, 2 * h, 2 * w, c)
     L = f.shape[0]
     return _depthwise(x, 4 * f[::-1, ::-1], 1, L - 1 - pad, 2)
 
 
 def downsample(x, f, pad):
-    """Depthwise conv with f, stride 2, padding `pad`."""
+    """Depthwise conv with f, stride 2, padding `pad`; the [1, 1] filter is 2x2 average pooling."""
+    if _is_box2(f, pad) and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0:
+        n, h, w, c = x.shape
+        return x.reshape(n, h // 2, 2, w // 2, 2, c).mean((2, 4))
     return _depthwise(x, f, 2, pad, 1)
 
 
