@@ -160,35 +160,39 @@ def test_bad_config_fails_before_compiling(field, value, match, monkeypatch):
     assert not traced
 
 
-@pytest.mark.parametrize("clip", [0.0, 0.5])
-def test_flat_optimizer_update_equals_per_leaf_optax(clip):
-    """`_apply` runs Adam on the raveled params: the same update as optax on the tree, leaf by leaf."""
+@pytest.mark.parametrize("clip,b1", [(0.0, 0.0), (0.5, 0.0), (0.0, 0.9)])
+def test_flat_optimizer_update_equals_per_leaf_optax_adam(clip, b1):
+    """`_apply` (optimiser on the raveled gradients; b1 = 0 without a stored first moment) is optax's
+    Adam on the tree, leaf by leaf; a non-finite gradient leaves params and optimiser state unchanged."""
+    import optax
+
     from di_jax.train.config import base_config
-    from di_jax.train.state import make_optimizer
+    from di_jax.train.state import flat_params, make_optimizer
 
     cfg = base_config().gen_optim
-    cfg.lr, cfg.clip = 1e-2, clip
+    cfg.lr, cfg.clip, cfg.b1 = 1e-2, clip, b1
     tx = make_optimizer(cfg)
+    ref = optax.adam(cfg.lr, b1=b1, b2=cfg.b2, eps=cfg.eps)
+    ref = optax.chain(optax.clip_by_global_norm(clip), ref) if clip else ref
     k = jax.random.split(jax.random.PRNGKey(0), 4)
     params = {"a": {"kernel": jax.random.normal(k[0], (3, 4)), "bias": jnp.zeros(4)}, "b": jax.random.normal(k[1], (5,))}
-    tree_state, flat_state = tx.init(params), tx.init(step_lib.flat_params(params))
-    for i in range(3):
+    ref_state, flat_state = ref.init(params), tx.init(flat_params(params))
+    for i in range(4):
         grads = jax.tree.map(lambda p: jax.random.normal(jax.random.fold_in(k[2], i), p.shape) * (i + 1), params)
-        updates, tree_state = tx.update(grads, tree_state, params)
+        updates, ref_state = ref.update(grads, ref_state, params)
         want = jax.tree.map(lambda p, u: p + u, params, updates)
-        flat, unravel, flat_state, ok, gnorm = step_lib._apply(tx, jnp.float32(1.0), grads, params, flat_state)
-        got = unravel(flat)
+        got, flat_state, ok, gnorm, unorm = step_lib._apply(tx, jnp.float32(1.0), grads, params, flat_state)
         assert bool(ok)
         np.testing.assert_allclose(gnorm, np.sqrt(sum(float(jnp.sum(g ** 2)) for g in jax.tree.leaves(grads))),
                                    rtol=1e-6)
+        np.testing.assert_allclose(unorm, np.sqrt(sum(float(jnp.sum(u ** 2)) for u in jax.tree.leaves(updates))),
+                                   rtol=1e-5)
         for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
             np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
         params = want
-    # a non-finite gradient anywhere leaves params and optimiser state exactly as they were
     bad = jax.tree.map(jnp.zeros_like, params)
     bad["b"] = bad["b"].at[2].set(jnp.nan)
-    flat, unravel, new_state, ok, _ = step_lib._apply(tx, jnp.float32(1.0), bad, params, flat_state)
-    assert not bool(ok)
-    np.testing.assert_array_equal(flat, step_lib.flat_params(params))
-    for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(flat_state)):
+    got, new_state, ok, _, unorm = step_lib._apply(tx, jnp.float32(1.0), bad, params, flat_state)
+    assert not bool(ok) and float(unorm) == 0.0
+    for a, b in zip(jax.tree.leaves((got, new_state)), jax.tree.leaves((params, flat_state))):
         np.testing.assert_array_equal(a, b)

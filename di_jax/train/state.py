@@ -30,8 +30,17 @@ class TrainState:
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Adam(b1, b2, eps) at a constant lr (beta1 = 0 in DI/SIM/SiD), with optional global-norm clipping."""
-    adam = optax.adam(cfg.lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+    """Adam(b1, b2, eps) at a constant lr (beta1 = 0 in DI/SIM/SiD), with optional global-norm clipping.
+
+    With b1 = 0 Adam's first moment is just the gradient: the same update (bias-corrected second
+    moment, eps outside the square root) is built without storing it, which saves one
+    parameter-sized buffer per network in the state and the copies XLA makes of it in the step.
+    """
+    if cfg.b1 == 0:
+        adam = optax.chain(optax.scale_by_rms(decay=cfg.b2, eps=cfg.eps, eps_in_sqrt=False, bias_correction=True),
+                           optax.scale(-cfg.lr))
+    else:
+        adam = optax.adam(cfg.lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
     return optax.chain(optax.clip_by_global_norm(cfg.clip), adam) if cfg.clip > 0 else adam
 
 

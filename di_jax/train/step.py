@@ -31,7 +31,7 @@ from di_jax.train import sharding
 from di_jax.train import config as config_lib
 from di_jax.train.config import validate
 from di_jax.train.networks import Networks, one_hot_labels
-from di_jax.train.state import TrainState, create_state, ema_decay, flat_params, make_optimizer
+from di_jax.train.state import TrainState, create_state, ema_decay, make_optimizer
 
 sg = jax.lax.stop_gradient
 PyTree = Any
@@ -60,18 +60,21 @@ def _select(ok: jax.Array, new: PyTree, old: PyTree) -> PyTree:
 
 
 def _apply(tx: optax.GradientTransformation, loss, grads, params, opt_state):
-    """One optimiser update on the flattened params, skipped if the loss or a gradient is non-finite.
+    """One optimiser update, skipped (params and state unchanged) if the loss or a gradient is non-finite.
 
-    Returns (new flat params, unravel, new opt state, ok, grad norm). The optimiser state lives on
-    the flat vector (state.flat_params): Adam is element-wise, so this is the same update as per leaf,
-    compiled as a handful of kernels instead of several per parameter leaf.
+    The optimiser runs on the raveled gradient vector and its state lives on that vector
+    (state.flat_params): Adam is element-wise, so this is the same update as per leaf, compiled as a
+    handful of kernels instead of several per parameter leaf. Only the final `p + u` is per leaf,
+    where it can update the donated parameters in place. The transformations of `make_optimizer`
+    do not read the parameters, so none are passed. Returns (params, opt state, ok, grad norm,
+    update norm).
     """
-    flat, unravel = ravel_pytree(params)
-    flat_grads = flat_params(grads)
-    updates, new_opt_state = tx.update(flat_grads, opt_state, flat)
+    flat_grads, unravel = ravel_pytree(grads)
+    updates, new_opt_state = tx.update(flat_grads, opt_state)
     ok = jnp.isfinite(loss) & jnp.all(jnp.isfinite(flat_grads))
-    new_flat = jnp.where(ok, optax.apply_updates(flat, updates), flat)
-    return new_flat, unravel, _select(ok, new_opt_state, opt_state), ok, jnp.linalg.norm(flat_grads)
+    new_params = jax.tree.map(lambda p, u: jnp.where(ok, p + u, p), params, unravel(updates))
+    update_norm = jnp.where(ok, jnp.linalg.norm(updates), 0.0)
+    return new_params, _select(ok, new_opt_state, opt_state), ok, jnp.linalg.norm(flat_grads), update_norm
 
 
 REMAT_MODES = ("none", "generator", "all")
@@ -124,8 +127,8 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
             return jnp.mean(losses.dsm_loss(denoise, x0, sigma, noise, labels))
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
-        flat, unravel, opt_state, ok, gnorm = _apply(fake_tx, loss, grads, params, opt_state)
-        return unravel(flat), opt_state, loss, ok, gnorm
+        params, opt_state, ok, gnorm, _ = _apply(fake_tx, loss, grads, params, opt_state)
+        return params, opt_state, loss, ok, gnorm
 
     def step(state: TrainState, teacher_params: PyTree, labels: Optional[jax.Array]):
         rng = jax.random.fold_in(state.rng, state.step)
@@ -160,21 +163,19 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
         gen_loss_value, g_x0 = jax.value_and_grad(
             lambda x: jnp.mean(gen_loss(x, sigma, noise, fake_den, teacher_den, labels)))(x0)
         (grads,) = gen_vjp(g_x0)
-        gen_flat, unravel, gen_opt_state, gen_ok, gen_gnorm = _apply(
+        gen_params, gen_opt_state, gen_ok, gen_gnorm, gen_unorm = _apply(
             gen_tx, gen_loss_value, grads, state.gen_params, state.gen_opt_state)
-        gen_params = unravel(gen_flat)
 
         beta = ema_decay(state.step, batch, config.ema.halflife_kimg, config.ema.rampup)
-        ema_params = unravel(beta * flat_params(state.ema_params) + (1 - beta) * gen_flat)
+        ema_params = jax.tree.map(lambda e, p: beta * e + (1 - beta) * p, state.ema_params, gen_params)
 
         new_state = state.replace(
             step=state.step + 1, gen_params=gen_params, fake_params=fake_params, ema_params=ema_params,
             gen_opt_state=gen_opt_state, fake_opt_state=fake_opt_state,
             skipped_gen=state.skipped_gen + (~gen_ok).astype(jnp.int32),
             skipped_fake=state.skipped_fake + fake_skipped)
-        update = gen_flat - flat_params(state.gen_params)
         metrics = dict(gen_loss=gen_loss_value, fake_loss=fake_loss, gen_grad_norm=gen_gnorm,
-                       fake_grad_norm=fake_gnorm, gen_update_norm=jnp.linalg.norm(update),
+                       fake_grad_norm=fake_gnorm, gen_update_norm=gen_unorm,
                        ema_beta=beta, skipped_gen=new_state.skipped_gen, skipped_fake=new_state.skipped_fake,
                        x0_std=jnp.std(x0))
         return new_state, metrics
