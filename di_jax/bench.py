@@ -337,7 +337,7 @@ def markdown(result: dict) -> str:
         te, tc = r.get("torch-eager"), r.get("torch-compile")
         key = f"| {r['config']} | {r['method']} | {r['batch']} | {r['precision']} | {r['remat']} "
         if "error" in j:
-            jcols = f"| error: {j['error']} " + "| " * 9
+            jcols = f"| error: {j['error']} " + "| " * 8       # compile s holds the error; 8 more columns
         else:
             mfu = None if j.get("mfu") is None else 100 * j["mfu"]
             jcols = (f"| {j['compile_s']:.1f} | {j['median_ms']:.1f} | {j['images_per_s']:.2f} "

@@ -79,6 +79,10 @@ def test_markdown_reports_cell_errors():
                              jax=dict(error="boom"), **{"torch-compile": dict(error="InductorError: no cc")})])
     text = bench.markdown(result)
     assert "error: boom" in text and "error: InductorError: no cc" in text and "not run" in text
+    header, row = [l for l in text.splitlines() if l.startswith("| config")][0], text.splitlines()[-1]
+    cells = lambda line: [c.strip() for c in line.strip().strip("|").split("|")]
+    assert len(cells(row)) == len(cells(header))        # an error cell must not shift the later columns
+    assert dict(zip(cells(header), cells(row)))["torch eager img/s"] == "not run"
 
 
 @pytest.mark.parametrize("remat", ["generator", "all"])
