@@ -47,10 +47,10 @@ def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformati
 def flat_params(tree: PyTree) -> jax.Array:
     """All leaves of a parameter tree raveled into one 1-D vector (jax.flatten_util order).
 
-    The optimisers and the EMA work on this vector: a few large element-wise kernels instead of
-    several per parameter leaf. On XLA:CPU that cut the compile time of the CIFAR-10 DDPM++ DI step
-    from 551 s to 71 s (experiments/PERF.md); Adam and the EMA are element-wise, so the update is
-    the same as per leaf.
+    The optimisers run on this vector (of the gradients) and keep their state on it: a few large
+    element-wise kernels instead of several per parameter leaf. On XLA:CPU that cut the compile time
+    of the CIFAR-10 DDPM++ DI step from 551 s to 71 s (experiments/PERF.md); Adam is element-wise,
+    so the update is the same as per leaf.
     """
     return ravel_pytree(tree)[0]
 
