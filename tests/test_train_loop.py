@@ -107,3 +107,21 @@ def test_toy_sim_ring_covers_the_modes(tmp_path):
     metrics = json.load(open(tmp_path / "metrics.json"))
     print("\ntoy SIM ring, 1500 steps:", metrics)
     assert metrics["ema/mode_coverage"] >= 7 / 8
+
+
+def test_checkpoint_of_another_state_layout_is_a_one_line_error(tmp_path):
+    """Resuming from a checkpoint whose tree does not fit the run's state names the problem and the fix."""
+    import jax.numpy as jnp
+    import ml_collections
+    import orbax.checkpoint as ocp
+
+    from di_jax.train import loop
+
+    cfg = ml_collections.ConfigDict(dict(ckpt_keep=2))
+    mngr = loop.checkpoint_manager(str(tmp_path), cfg)
+    mngr.save(3, args=ocp.args.StandardSave({"params": jnp.ones(3), "opt": {"mu": jnp.ones(3)}}))
+    mngr.wait_until_finished()
+    fresh = {"params": jnp.ones(3), "opt": {"nu": jnp.ones(3), "count": jnp.zeros(())}}
+    with pytest.raises(ValueError, match=r"checkpoint at step 3 .* does not fit .* use a new --workdir") as e:
+        loop.restore_or_init(loop.checkpoint_manager(str(tmp_path), cfg), fresh)
+    assert "\n" not in str(e.value).split(" (")[0]
