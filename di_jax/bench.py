@@ -72,6 +72,18 @@ def sigma_init(name: str) -> float:
     return _CONFIGS[name][1]
 
 
+def random_params(module, net_cfg: dict, seed: int = 0):
+    """Random parameters of an EDM network built from `net_cfg` (throughput does not depend on them)."""
+    import jax
+    import numpy as np
+
+    res, ch, label_dim = net_cfg["img_resolution"], net_cfg["img_channels"], net_cfg.get("label_dim", 0)
+    x = np.zeros((1, ch, res, res), np.float32)
+    labels = np.zeros((1, label_dim), np.float32) if label_dim else None
+    init = jax.jit(lambda k: module.init(k, x, np.ones((1,), np.float32), class_labels=labels)["params"])
+    return init(jax.random.PRNGKey(seed))
+
+
 # ----------------------------------------------------------------------------------------------
 # measurement helpers
 
@@ -172,10 +184,7 @@ def run_jax(name: str, method: str, batch: int, precision: str, remat: str = "no
     nets = networks.edm_networks(module, (ch, res, res), label_dim, sigma_init(name), dropout=True)
 
     rss = _RssPeak()
-    x = np.zeros((1, ch, res, res), np.float32)
-    lab = np.zeros((1, label_dim), np.float32) if label_dim else None
-    teacher = jax.jit(lambda k: module.init(k, x, np.ones((1,), np.float32), class_labels=lab)["params"])(
-        jax.random.PRNGKey(seed))
+    teacher = random_params(module, net_cfg, seed)
     state = step_lib.init_state(config, nets, teacher, mesh)
     teacher = sharding.replicate(teacher, mesh)
     labels = None

@@ -46,7 +46,7 @@ def profile_jax(cfg, batch, repeats, top):
     x = jax.random.normal(jax.random.PRNGKey(1), (batch, ch, res, res))
     sigma = jnp.ones((batch,))
     labels = jnp.zeros((batch, ld)) if ld else None
-    params = jax.jit(lambda k: module.init(k, x, sigma, class_labels=labels)["params"])(jax.random.PRNGKey(0))
+    params = bench.random_params(module, cfg)
     apply = lambda p: module.apply({"params": p}, x, sigma, class_labels=labels)
     fwd = jax.jit(apply).lower(params).compile()
     grad = jax.jit(jax.grad(lambda p: jnp.sum(apply(p) ** 2))).lower(params).compile()

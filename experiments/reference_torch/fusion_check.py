@@ -21,7 +21,7 @@ name = 'tiny'
 cfg = bench.network_config(name); m = build_network(cfg)
 r = cfg['img_resolution']; B = 2
 x = np.zeros((B, 3, r, r), np.float32); lab = np.zeros((B, 10), np.float32); s = np.ones((B,), np.float32)
-p = m.init(jax.random.PRNGKey(0), x, s, class_labels=lab)['params']
+p = bench.random_params(m, cfg)
 fwd = jax.jit(lambda p: m.apply({'params': p}, x, s, class_labels=lab)).lower(p).compile()
 F = bench._cost_flops(fwd); convs = lambda c: len(re.findall(r'= [^ ]+ convolution\(', c.as_text()))
 print('one forward: flops', F, 'convolutions', convs(fwd))
