@@ -1,15 +1,18 @@
 """di_jax: data-free one-step distillation of diffusion models in JAX/Flax.
 
-Modules, one concept each:
+Modules, one concept each (the four registries in capitals):
   diffusion   marginals, noise schedules, sigma samplers, weightings, denoiser<->score<->eps.
   distances   the SIM distance family d(y), d'(y).
-  losses      per-example surrogate losses (DSM, DI, SIM, SiD, SDS, DMD).
-  teachers    teachers with exact scores (analytic) and loaded EDM networks.
-  nets        Flax networks (EDM SongUNet / DhariwalUNet, preconditioning, MLPs).
-  convert     PyTorch / EDM checkpoints -> Flax parameter trees.
+  losses      per-example surrogate losses returning (value, aux): DSM, DI, SIM, SiD, SDS, DMD.
+  methods     METHODS: name -> loss, noise levels, fake score, dropout convention, options.
+  configs     the config schema and the shipped configs (digits_sim, toy_ring, toy_grid).
+  teachers    TEACHERS: analytic mixtures with exact scores, converted EDM networks.
+  nets        Flax networks; nets.families.FAMILIES: generator + fake score built around a teacher.
+  convert     PyTorch / EDM checkpoints -> Flax parameter trees, without executing pickles.
   sampling    EDM Heun/Euler samplers and one-step generation.
-  train       train state, the compiled train step, sharding, the training loop.
-  eval        FID / Inception Score.
+  train       setup (config -> mesh, teacher, networks, state, compiled step), step, state, loop.
+  eval        evaluators.EVALUATORS: pictures and final metrics; FID / Inception Score; digits report.
+  bench       `di-jax bench`: the compiled step's throughput beside a PyTorch reference.
 """
 
 __version__ = "0.1.0"

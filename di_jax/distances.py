@@ -93,3 +93,8 @@ def get_distance(name: str, **kwargs) -> Distance:
         return _FAMILY[name](**kwargs)
     except TypeError as e:
         raise ValueError(f"bad arguments {kwargs} for distance {name!r}: {e}") from None
+
+
+def from_config(cfg) -> Distance:
+    """The distance of a config section {name: ..., **kwargs} (e.g. config.distance)."""
+    return get_distance(cfg["name"], **{k: v for k, v in dict(cfg).items() if k != "name"})

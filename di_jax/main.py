@@ -1,9 +1,10 @@
-"""Entry point of a distillation run.
+"""Entry point of a distillation run: flags -> `train.loop.train_and_evaluate`.
 
-    python -m di_jax.main --config configs/digits_sim.py --workdir runs/digits \
-        --config.method=di --config.gen_optim.lr=1e-4
-    di-jax distill ...   (the same)
+    di-jax distill --config digits_sim --workdir runs/digits --config.method=di --config.gen_optim.lr=1e-4
+    python -m di_jax.main ...   (the same)
 
+`--config` takes a config shipped in `di_jax/configs` by name (`digits_sim`, the default;
+`toy_ring:sim`; `configs/toy_grid.py:di` also resolves there) or the path of your own config file.
 Rerunning the same command resumes from the latest checkpoint in the workdir.
 """
 
@@ -17,11 +18,11 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_CONFIG = os.path.join(_REPO, "configs", "digits_sim.py")
+from di_jax import configs
 
-_CONFIG = config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Training configuration file.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file("config", configs.resolve(configs.DEFAULT),
+                                          f"Training configuration: a name of {configs.NAMES} "
+                                          "(with ':ARG') or a config file path.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/digits", "Directory for checkpoints, logs and pictures.")
 
 
@@ -49,11 +50,22 @@ def _run(argv) -> None:
             "DI_JAX_XLA_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "di_jax", "xla")))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
 
-    loop.train(_CONFIG.value, _WORKDIR.value)
+    loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+def _resolve_config_names(argv: list) -> list:
+    """Rewrites `--config NAME` / `--config=NAME` of a packaged config into its file path."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg.startswith("--config="):
+            out[i] = "--config=" + configs.resolve(arg[len("--config="):])
+        elif arg == "--config" and i + 1 < len(out):
+            out[i + 1] = configs.resolve(out[i + 1])
+    return out
 
 
 def main(argv=None) -> int:
-    app.run(_run, argv=list(sys.argv if argv is None else argv))
+    app.run(_run, argv=_resolve_config_names(sys.argv if argv is None else argv))
     return 0
 
 

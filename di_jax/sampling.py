@@ -102,3 +102,18 @@ def sample_network(net: Any, params: Any, latents: jax.Array, key: Optional[jax.
         rs = lambda s: net.round_sigma(s).astype(jnp.asarray(s).dtype)
     return edm_sampler(denoise, latents, key, class_labels, round_sigma=rs, net_sigma_range=net.sigma_range(),
                        **sampler_kwargs)
+
+
+def generate_samples(nets: Any, params: Any, num: int, seed: int = 1234, batch: int = 4096, labels=None) -> np.ndarray:
+    """`num` one-step samples of a run's generator (`nets.generate`) with latents fixed by `seed`.
+
+    The latents of samples i..i+batch are drawn from fold_in(PRNGKey(seed), i), so pictures of
+    different steps (and runs) are comparable. `labels`: one-hot [num, label_dim] or None.
+    """
+    gen = jax.jit(lambda p, z, l: nets.generate(p, z, l, None))
+    out = []
+    for i in range(0, num, batch):
+        n = min(batch, num - i)
+        z = jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(seed), i), (n,) + tuple(nets.latent_shape))
+        out.append(np.asarray(gen(params, z, None if labels is None else labels[i:i + n])))
+    return np.concatenate(out)

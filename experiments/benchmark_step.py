@@ -1,4 +1,4 @@
-"""Step-throughput benchmark: a thin wrapper around `di-jax bench` (di_jax/bench.py).
+"""Step-throughput benchmark: a thin wrapper around `di-jax bench` (di_jax/bench/).
 
     python experiments/benchmark_step.py --config cifar10-ddpmpp --method di,sim --batch 2 \
         --torch eager,compile --json experiments/results/bench_cpu_cifar10.json

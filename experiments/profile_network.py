@@ -5,7 +5,7 @@
 Times the jitted forward and the gradient w.r.t. the parameters of one EDM network (random weights,
 float32) as the median of --repeats calls, then profiles three gradient calls: JAX with
 `jax.profiler` (perfetto trace, kernels grouped by name without their numeric suffix) and the PyTorch
-port (`experiments/reference_torch/`) with `torch.profiler` (self time per aten op). Prints markdown
+port (`di_jax.bench.torch_reference`) with `torch.profiler` (self time per aten op). Prints markdown
 tables. experiments/PERF.md uses it to explain the CPU JAX/PyTorch ratio of the step benchmark.
 """
 
@@ -27,6 +27,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from di_jax import bench  # noqa: E402
+from di_jax.bench.measure import device_name  # noqa: E402
 from di_jax.nets import build_network  # noqa: E402
 
 
@@ -70,7 +71,8 @@ def profile_jax(cfg, batch, repeats, top):
 
 def profile_torch(cfg, batch, repeats, top):
     import torch
-    from experiments.reference_torch.networks import build_network as build_torch
+
+    from di_jax.bench.torch_reference.networks import build_network as build_torch
 
     net = build_torch(cfg)
     res, ch, ld = cfg["img_resolution"], cfg["img_channels"], cfg.get("label_dim", 0)
@@ -105,7 +107,7 @@ def main(argv=None):
     results = {"JAX": profile_jax(cfg, args.batch, args.repeats, args.top)}
     if not args.no_torch:
         results["PyTorch eager"] = profile_torch(cfg, args.batch, args.repeats, args.top)
-    print(f"{args.config}, batch {args.batch}, float32, {bench._device_name()}, jax {jax.__version__}\n")
+    print(f"{args.config}, batch {args.batch}, float32, {device_name()}, jax {jax.__version__}\n")
     print("| one network | " + " | ".join(results) + " |\n|---|" + "---:|" * len(results))
     for k in ("forward", "forward + backward"):
         print(f"| {k} | " + " | ".join(f"{r[0][k]:.0f} ms" for r in results.values()) + " |")

@@ -3,8 +3,8 @@
     python experiments/toy_distill.py                       # all 4 methods x 2 teachers, config defaults
     python experiments/toy_distill.py --teachers ring --methods sim --steps 3000 --seeds 0,1
 
-For every (teacher, method) it builds the config from configs/toy_<teacher>.py:<method>, runs the
-library's compiled train step (`di_jax.train.step`, one device, no checkpoints) for the configured
+For every (teacher, method) it builds the config from di_jax/configs/toy_<teacher>.py:<method>, runs the
+library's compiled train step (`di_jax.train.setup`, one device, no checkpoints) for the configured
 number of steps, and evaluates the EMA generator with the analytic teacher (`di_jax.eval.mixture`):
 mode coverage (fraction of modes holding >= 1/(4K) of the samples), mean and median teacher
 log-likelihood of generated samples, the fraction of samples within 3 std of a mode, and the energy
@@ -20,8 +20,6 @@ import sys
 import time
 from typing import Any, Dict, Optional, Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repo's configs/
-
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import jax  # noqa: E402
@@ -29,11 +27,12 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from configs import toy_grid, toy_ring  # noqa: E402
+from di_jax.configs import toy_grid, toy_ring  # noqa: E402
 from di_jax.eval import mixture as mixture_eval  # noqa: E402
-from di_jax.train import networks, sharding, step as step_lib  # noqa: E402
-from di_jax.train.hooks import generate_samples  # noqa: E402
-from di_jax.train.visualise import scatter_png  # noqa: E402
+from di_jax.eval.pictures import scatter_png  # noqa: E402
+from di_jax.sampling import generate_samples  # noqa: E402
+from di_jax.teachers import mixtures  # noqa: E402
+from di_jax.train.setup import setup  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 CONFIGS = {"ring": toy_ring, "grid": toy_grid}
@@ -44,7 +43,7 @@ LATENT_SEED = 1234      # generator latents of the evaluation
 
 def make_config(teacher: str, method: str, steps: Optional[int] = None, seed: int = 0,
                 overrides: Optional[Dict[str, Any]] = None) -> ml_collections.ConfigDict:
-    """configs/toy_<teacher>.py:<method>, with `steps`, `seed` and dotted-key overrides applied."""
+    """di_jax/configs/toy_<teacher>.py:<method>, with `steps`, `seed` and dotted-key overrides applied."""
     config = CONFIGS[teacher].get_config(method)
     config.num_devices = 1
     config.seed = seed
@@ -90,18 +89,14 @@ def distill(config: ml_collections.ConfigDict, num_eval: int = 4000, log_every: 
     (EMA samples [num_eval, 2]), 'reference' (teacher samples), 'teacher' (the mixture) and 'history'
     (metrics of the EMA generator every `log_every` steps, if > 0).
     """
-    teacher = networks.analytic_teacher(config.teacher)
-    nets = networks.mlp_networks(config.networks, dim=teacher.dim)
-    mesh = sharding.make_mesh(1)
-    state = step_lib.init_state(config, nets, teacher, mesh)
-    teacher_rep = sharding.replicate(teacher, mesh)
-    compiled, compile_s = step_lib.compile_step(step_lib.make_train_step(config, nets, mesh), state,
-                                                teacher_rep, None)
+    run = setup(config)
+    teacher, nets, teacher_rep = run.teacher.params, run.nets, run.teacher_params
+    state, compiled, compile_s = run.state, run.compiled, run.compile_seconds
     history = []
     t0 = time.perf_counter()
     wall = 0.0
     for s in range(config.num_steps):
-        state, _ = compiled(state, teacher_rep, None)
+        state, _ = compiled(state, teacher_rep)
         done = s + 1
         if log_every and (done % log_every == 0) and done < config.num_steps:
             jax.block_until_ready(state.step)
@@ -199,7 +194,7 @@ def run_all(teachers: Sequence[str], methods: Sequence[str], steps: Optional[int
     t_all = time.perf_counter()
     for teacher in teachers:
         base = make_config(teacher, methods[0], steps, 0, overrides)
-        mix = networks.analytic_teacher(base.teacher)
+        mix = mixtures.from_config(base.teacher)
         extent = float(np.abs(np.asarray(mix.means)).max() + 1.0)
         ref = teacher_reference(mix, num_eval)
         rows.append(dict(teacher=teacher, ref=ref))
@@ -265,7 +260,7 @@ ABLATION = [
 
 def ablation(seeds: Sequence[int], out: str, steps: int = 3000, num_eval: int = 4000, log=print) -> str:
     """SIM on the ring, one change at a time; writes <out>/toy_ring_sim_loglik.md and returns the table."""
-    ref = teacher_reference(networks.analytic_teacher(make_config("ring", "sim").teacher), num_eval)
+    ref = teacher_reference(mixtures.from_config(make_config("ring", "sim").teacher), num_eval)
     lines = ["| variant | steps | mode coverage | mean teacher log-lik | median log-lik | within 3 std of a mode "
              "| energy distance | wall s (per run) |", "|---|---|---|---|---|---|---|---|",
              f"| teacher samples (reference) | – | {_fmt([ref['mode_coverage']])} | {_fmt([ref['loglik']])} "
@@ -286,7 +281,8 @@ def ablation(seeds: Sequence[int], out: str, steps: int = 3000, num_eval: int = 
         f.write("# SIM on the 8-Gaussian ring: what moves the teacher log-likelihood\n\n"
                 f"Command: `python experiments/toy_distill.py --ablation --seeds {','.join(map(str, seeds))}`\n\n"
                 f"configs/toy_ring.py:sim with one change at a time; EMA generator, {num_eval} samples; mean ± std "
-                f"over seeds {list(seeds)}. Total wall time {time.perf_counter() - t_all:.0f} s (2 shared CPU cores).\n\n"
+                f"over seeds {list(seeds)}. "
+                f"Total wall time {time.perf_counter() - t_all:.0f} s (2 shared CPU cores).\n\n"
                 + md + "\n")
     return md
 

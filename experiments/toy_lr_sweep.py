@@ -1,9 +1,9 @@
 """The SIM paper's robustness claim on the 8-Gaussian ring: generator learning rate x seed x method.
 
-    python experiments/toy_lr_sweep.py            # lr 1e-4..1e-1 (6 values) x seeds 0,1,2 x SIM, SIM (paper sigma), DI, SiD
+    python experiments/toy_lr_sweep.py     # lr 1e-4..1e-1 (6 values) x seeds 0,1,2 x SIM, SIM (paper sigma), DI, SiD
 
 Claim under test (SIM paper): SIM with the pseudo-Huber distance stays stable at a large generator
-learning rate where DI and SiD do not. Each run is configs/toy_ring.py:<method> with only
+learning rate where DI and SiD do not. Each run is di_jax/configs/toy_ring.py:<method> with only
 `gen_optim.lr` (and the seed) changed — the fake-score lr, batch, steps and everything else stay at
 the config's values — trained from scratch with the library's compiled step
 (`experiments/toy_distill.distill`) and evaluated on the EMA generator and the raw generator with the
@@ -21,13 +21,11 @@ import time
 from typing import Any, Dict, List, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))                    # experiments/
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repo's configs/
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
-
 import toy_distill  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
 
 RESULTS = toy_distill.RESULTS
 METHODS = {"sim": ("sim", {}), "sim_paper": ("sim", {"sigma_gen": {"kind": "sim"}}),
@@ -71,8 +69,9 @@ def _ms(values) -> str:
 
 
 def table(runs: Sequence[Dict[str, Any]], methods: Sequence[str], lrs: Sequence[float]) -> str:
-    lines = ["| method | generator lr | mode coverage | mean teacher log-lik | within 3 std of a mode | energy distance "
-             "| raw gen. log-lik | non-finite runs | runs with skipped updates | runs with coverage < 7/8 |",
+    lines = ["| method | generator lr | mode coverage | mean teacher log-lik | within 3 std of a mode "
+             "| energy distance | raw gen. log-lik | non-finite runs | runs with skipped updates "
+             "| runs with coverage < 7/8 |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name in methods:
         for lr in lrs:
@@ -83,7 +82,8 @@ def table(runs: Sequence[Dict[str, Any]], methods: Sequence[str], lrs: Sequence[
             low = sum(not (r["mode_coverage"] >= 7 / 8) for r in rs)
             col = lambda k: _ms([r[k] for r in rs])
             lines.append(f"| {LABELS[name]} | {lr:g} | {col('mode_coverage')} | {col('loglik')} | {col('near_mode')} "
-                         f"| {col('energy_distance')} | {col('raw_loglik')} | {nonfinite}/{n} | {skipped}/{n} | {low}/{n} |")
+                         f"| {col('energy_distance')} | {col('raw_loglik')} "
+                         f"| {nonfinite}/{n} | {skipped}/{n} | {low}/{n} |")
     return "\n".join(lines)
 
 
@@ -159,7 +159,8 @@ def main():
     with open(os.path.join(args.out, "toy_lr_sweep.md"), "w") as f:
         f.write(f"# Generator learning-rate sweep on the 8-Gaussian ring\n\n"
                 f"Command: `python experiments/toy_lr_sweep.py {' '.join(sys.argv[1:])}`\n\n"
-                f"configs/toy_ring.py:<method> with gen_optim.lr changed (Adam b1=0, b2=0.999; fake lr 1e-3 fixed), "
+                f"di_jax/configs/toy_ring.py:<method> with gen_optim.lr changed "
+                f"(Adam b1=0, b2=0.999; fake lr 1e-3 fixed), "
                 f"{args.steps} steps, seeds {seeds}; EMA generator metrics ({args.num_eval} samples) as mean ± std "
                 f"over seeds, except 'raw gen. log-lik' (the generator's current parameters). "
                 f"jax {jax.__version__} on {jax.devices()[0].device_kind}; total wall time {total:.0f} s.\n\n"

@@ -10,34 +10,28 @@ in-process CPU collectives can deadlock with several multi-device steps in fligh
 
 import argparse
 import os
-import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repo's configs/
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from configs import toy_ring  # noqa: E402
-from di_jax.train import networks, sharding, step as step_lib  # noqa: E402
+from di_jax.configs import toy_ring  # noqa: E402
+from di_jax.train import sharding  # noqa: E402
+from di_jax.train.setup import setup  # noqa: E402
 
 
 def measure(method: str, devices: int, batch: int, blocks: int = 5, block_steps: int = 200):
     config = toy_ring.get_config(method)
     config.batch_size = batch
-    teacher = networks.analytic_teacher(config.teacher)
-    nets = networks.mlp_networks(config.networks)
-    mesh = sharding.make_mesh(devices)
-    state = step_lib.init_state(config, nets, teacher, mesh)
-    teacher = sharding.replicate(teacher, mesh)
-    compiled, compile_s = step_lib.compile_step(step_lib.make_train_step(config, nets, mesh), state, teacher, None)
+    run = setup(config, mesh=sharding.make_mesh(devices))
+    state, teacher, compiled, compile_s = run.state, run.teacher_params, run.compiled, run.compile_seconds
     sync = devices > 1 and jax.default_backend() == "cpu"
 
     def run(n, state):
         for _ in range(n):
-            state, _ = compiled(state, teacher, None)
+            state, _ = compiled(state, teacher)
             if sync:
                 jax.block_until_ready(state.step)
         return jax.block_until_ready(state)

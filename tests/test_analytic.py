@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from di_jax import diffusion
 from di_jax.teachers import AffineGaussianGenerator, GaussianMixture, IsotropicGaussian, gaussian_kl
 
 

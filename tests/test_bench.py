@@ -1,15 +1,18 @@
-"""`di-jax bench` on the tiny config (JAX + PyTorch eager, few steps): table and JSON fields, bad inputs.
-No timing assertions. Also: the remat option leaves the step's numbers unchanged."""
+"""`di-jax bench` on the tiny config (JAX + PyTorch eager, few steps): table and JSON fields, bad inputs,
+the optional PyTorch plug-in. No timing assertions. Also: the remat option leaves the step's numbers unchanged."""
 
 import json
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
-from configs import toy_ring
 from di_jax import bench
-from di_jax.train import networks, sharding, step as step_lib
+from di_jax.bench import torch_cell
+from di_jax.configs import toy_ring
+from di_jax.train.setup import setup
 
 HEADER_FIELDS = ["compile s", "median ms", "img/s", "pipelined img/s", "peak MiB", "GFLOP/step", "TFLOP/s", "MFU",
                  "torch eager img/s", "JAX/eager", "torch.compile img/s", "JAX/compile"]
@@ -46,7 +49,7 @@ def test_bench_tiny_table_and_json(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--config", "nope"], "unknown"),
-    (["--method", "dmd"], "unknown"),
+    (["--method", "nope"], "unknown"),
     (["--batch", "0"], "positive"),
     (["--precision", "fp16"], "unknown"),
     (["--peak-tflops", "fp16=3"], "peaks must be"),
@@ -85,20 +88,45 @@ def test_markdown_reports_cell_errors():
     assert dict(zip(cells(header), cells(row)))["torch eager img/s"] == "not run"
 
 
+def test_import_needs_neither_torch_nor_jax():
+    code = "import sys, di_jax.bench; assert 'torch' not in sys.modules and 'jax' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_python_m_entry_point():
+    p = subprocess.run([sys.executable, "-m", "di_jax.bench", "--help"], capture_output=True, text=True, check=True)
+    assert p.stdout.startswith("usage: di-jax bench") and "--torch" in p.stdout and "sid" in p.stdout
+
+
+def test_torch_cells_without_torch(monkeypatch):
+    """Without the torch extra a PyTorch cell is a one-line error naming the fix, in its table cell."""
+    monkeypatch.setattr(torch_cell, "torch_version", lambda: None)
+    assert torch_cell.unsupported("di") == torch_cell.UNAVAILABLE
+    monkeypatch.setitem(sys.modules, "torch", None)          # `import torch` raises ImportError
+    with pytest.raises(RuntimeError, match=r"PyTorch reference unavailable: install di_jax\[torch\]"):
+        bench.run_torch("tiny", "di", 2, "fp32")
+    result = dict(device="cpu: x", jax_version="0", peak_tflops=None, steps=2, warmup=1,
+                  rows=[dict(config="tiny", method="di", batch=2, precision="fp32", remat="none",
+                             jax=dict(error="skipped"), **{"torch-eager": dict(error=torch_cell.UNAVAILABLE)})])
+    row = bench.markdown(result).splitlines()[-1]
+    assert "| error: PyTorch reference unavailable: install di_jax[torch]" in row and "\n" not in row
+
+
+def test_torch_cells_of_unported_methods():
+    assert torch_cell.unsupported("sid").startswith("the PyTorch reference implements di, sim only")
+
+
 @pytest.mark.parametrize("remat", ["generator", "all"])
 def test_remat_does_not_change_the_step(remat):
     config = toy_ring.get_config("sim")
-    config.batch_size, config.networks.hidden = 32, 16
-    teacher = networks.analytic_teacher(config.teacher)
-    nets = networks.mlp_networks(config.networks)
-    mesh = sharding.make_mesh(1)
+    config.batch_size, config.networks.hidden, config.num_devices = 32, 16, 1
 
     def run(mode):
         config.remat = mode
-        state = step_lib.init_state(config, nets, teacher, mesh)
-        fn = step_lib.make_train_step(config, nets, mesh)
+        s = setup(config, compile=False)
+        state = s.state
         for _ in range(2):
-            state, _ = fn(state, sharding.replicate(teacher, mesh), None)
+            state, _ = s.step(state, s.teacher_params)
         return jax.device_get(state)
 
     a, b = run("none"), run(remat)
@@ -109,6 +137,5 @@ def test_remat_does_not_change_the_step(remat):
 def test_bad_remat_is_a_config_error():
     config = toy_ring.get_config("sim")
     config.remat = "sometimes"
-    nets = networks.mlp_networks(config.networks)
     with pytest.raises(ValueError, match="config.remat"):
-        step_lib.make_train_step(config, nets, sharding.make_mesh(1))
+        setup(config, compile=False)

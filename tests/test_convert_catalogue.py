@@ -5,8 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from di_jax.convert import CheckpointError
-from di_jax.convert import catalogue
+from di_jax.convert import CheckpointError, catalogue
 from di_jax.convert import config as config_lib
 
 GOLDEN = ["ddpmpp_cond_edm", "ddpmpp_uncond_vp", "adm_cond_edm", "adm_multihead_iddpm"]

@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
 from convert_writers import edm_pickle_bytes  # noqa: E402
+
 from di_jax.convert import cli  # noqa: E402
 
 

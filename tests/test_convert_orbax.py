@@ -15,6 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from convert_writers import edm_pickle_bytes  # noqa: E402
+
 from di_jax.convert import CheckpointError, cli, convert_checkpoint, load_converted, read_checkpoint  # noqa: E402
 
 

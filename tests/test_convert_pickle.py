@@ -13,9 +13,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from convert_writers import edm_pickle_bytes, fake_edm_modules  # noqa: E402
-from di_jax.convert import CheckpointError, RefusedGlobalError, read_checkpoint  # noqa: E402
+
+from di_jax.convert import CheckpointError, RefusedGlobalError, edm_pickle, read_checkpoint, torch_zip  # noqa: E402  # noqa: E402
 from di_jax.convert import config as config_lib  # noqa: E402
-from di_jax.convert import edm_pickle, torch_zip  # noqa: E402
 
 GOLDEN = ["ddpmpp_cond_edm", "ddpmpp_uncond_vp", "adm_cond_edm", "adm_multihead_iddpm"]
 

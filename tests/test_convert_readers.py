@@ -9,9 +9,13 @@ import pytest
 torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
-from di_jax.convert import CheckpointError, read_checkpoint, read_state_dict  # noqa: E402
+from di_jax.convert import (  # noqa: E402
+    CheckpointError,
+    read_checkpoint,
+    read_state_dict,
+    torch_zip,  # noqa: E402
+)
 from di_jax.convert import config as config_lib  # noqa: E402
-from di_jax.convert import torch_zip  # noqa: E402
 
 GOLDEN = ["ddpmpp_cond_edm", "ddpmpp_uncond_vp", "adm_cond_edm", "adm_multihead_iddpm"]
 
@@ -138,3 +142,20 @@ def test_config_json_override_validation(tmp_path):
     assert config_lib.load_json(tmp_path / "c.json") == {"precond": "VEPrecond"}
     with pytest.raises(CheckpointError, match="not valid JSON"):
         config_lib.load_json("{precond: VE}")
+
+
+def test_legacy_reader_resolves_shared_references_in_linear_time():
+    """A depth-60 DAG of shared tuples (2^60 paths) and a list containing itself resolve at once."""
+    import time
+
+    from di_jax.convert.unpickle import _resolve_pending
+
+    x = [1]
+    for _ in range(60):
+        x = (x, x)
+    looped = [2]
+    looped.append(looped)
+    t0 = time.perf_counter()
+    out = _resolve_pending({"dag": x, "loop": looped})
+    assert time.perf_counter() - t0 < 1.0
+    assert out["loop"][1] is out["loop"] and out["dag"][0] is out["dag"][1]

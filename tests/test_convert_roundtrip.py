@@ -10,6 +10,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("di_jax.convert.edm_mapping")
 
 from convert_writers import edm_pickle_bytes  # noqa: E402
+
 from di_jax.convert import cli, convert_checkpoint, load_teacher, read_checkpoint  # noqa: E402
 from di_jax.convert.edm_mapping import flax_to_state_dict  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""The main job's pipeline (configs/digits_sim.py) at test size: outputs and Ctrl-C resume.
+"""The main job's pipeline (di_jax/configs/digits_sim.py) at test size: outputs and Ctrl-C resume.
 
 The pipeline tests swap the embedded teacher for a randomly initialised tiny SongUNet of the same
 interface (8x8, 1 channel, 10 labels) written through `save_safetensors`, so that compiling the
@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from configs import digits_sim
+from di_jax.configs import digits_sim
 from di_jax.convert import save_safetensors
 from di_jax.nets import build_network
 from di_jax.teachers import digits as digits_teacher
@@ -57,7 +57,7 @@ def test_embedded_teacher_loads_through_the_converter():
 
 @pytest.mark.parametrize("method", ["sim", "di"])
 def test_pipeline_writes_every_output(tmp_path, tiny_teacher, method):
-    state = loop.train(_tiny_config(tiny_teacher, method), str(tmp_path))
+    state = loop.train_and_evaluate(_tiny_config(tiny_teacher, method), str(tmp_path))
     assert int(state.step) == 3
     names = set(os.listdir(tmp_path))
     assert {"samples_start.png", "samples_end.png", "teacher_heun.png", "report.md", "metrics.json",

@@ -3,10 +3,10 @@
 import jax
 import numpy as np
 import pytest
+from golden_nets import CASES, load_case
 
 from di_jax.convert.edm_mapping import flax_to_state_dict, state_dict_to_flax
 from di_jax.nets import build_network, edm_config_presets
-from golden_nets import CASES, load_case
 
 
 def _param_shapes(cfg):

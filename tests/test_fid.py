@@ -10,6 +10,7 @@ import pytest
 import scipy.linalg
 
 from di_jax.eval import cli, fid
+from di_jax.train import sharding
 
 
 class TinyDetector(nn.Module):
@@ -116,7 +117,7 @@ def test_sharded_streaming_stats_equal_single_pass(tiny):
     # Reference: one pass on one device, no sharding, float64 NumPy statistics.
     feats, logits = jax.jit(model.apply)(variables, images)
     feats, logits = np.asarray(feats, np.float64), np.asarray(logits, np.float64)
-    fn = fid.make_feature_fn(variables, fid.data_mesh(), model=model)
+    fn = fid.make_feature_fn(variables, sharding.make_mesh(), model=model)
     stats, is_state = fid.accumulate((images[s:s + 12] for s in range(0, 50, 12)), fn, num=50, splits=5)
     mu, sigma = fid.stats_finalize(stats)
     np.testing.assert_allclose(mu, feats.mean(0), rtol=1e-5, atol=1e-6)

@@ -109,10 +109,12 @@ def _tf1_resize_reference(img, size):
     out = np.zeros((size, size, img.shape[2]))
     for i in range(size):
         y = i * h / size
-        y0 = int(np.floor(y)); y1 = min(y0 + 1, h - 1); fy = y - y0
+        y0 = int(np.floor(y))
+        y1, fy = min(y0 + 1, h - 1), y - y0
         for j in range(size):
             x = j * w / size
-            x0 = int(np.floor(x)); x1 = min(x0 + 1, w - 1); fx = x - x0
+            x0 = int(np.floor(x))
+            x1, fx = min(x0 + 1, w - 1), x - x0
             top = img[y0, x0] * (1 - fx) + img[y0, x1] * fx
             bot = img[y1, x0] * (1 - fx) + img[y1, x1] * fx
             out[i, j] = top * (1 - fy) + bot * fy
@@ -184,12 +186,23 @@ def test_npz_and_safetensors_files_load_the_same(tmp_path, random_weights):
         jax.tree.map(np.testing.assert_array_equal, got, variables)
 
 
+def test_pth_files_are_read_without_torch(tmp_path, random_weights, monkeypatch):
+    """Zip (torch >= 1.6) and legacy (pytorch-fid's file predates the zip format) .pth files load alike."""
+    path, sd, _, _ = random_weights
+    expected = inception_convert.convert_state_dict(sd)
+    torch.save(sd, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails: the reader must not need it
+    for name in (path, tmp_path / "legacy.pth"):
+        jax.tree.map(np.testing.assert_array_equal, inception_convert.load_inception(name), expected)
+
+
 def test_sharded_feature_fn_matches_unsharded(random_weights):
     from di_jax.eval import fid
+    from di_jax.train import sharding
 
     _, _, _, variables = random_weights
     images = np.random.default_rng(3).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
-    fn = fid.make_feature_fn(variables, fid.data_mesh())  # 8 simulated CPU devices (conftest)
+    fn = fid.make_feature_fn(variables, sharding.make_mesh())  # 8 simulated CPU devices (conftest)
     pool, logits = fn(images)
     ref_pool, ref_logits = jax.jit(inception.InceptionV3().apply)(variables, jnp.asarray(images))
     np.testing.assert_allclose(pool, ref_pool, rtol=1e-5, atol=1e-5 * np.abs(ref_pool).max())

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from jax.scipy.stats import norm
 
-from di_jax import diffusion, distances, losses
+from di_jax import diffusion, distances, losses, methods
 from di_jax.teachers import AffineGaussianGenerator, GaussianMixture, IsotropicGaussian, gaussian_kl
 
 Z_MAX = 5.0
@@ -83,7 +83,7 @@ def _one(fn):
 
 def _di(gen, z, eps, sigma):
     fake = AffineGaussianGenerator(*sg(tuple(gen)))
-    return losses.di_generator_loss(gen(z), sigma, eps, fake.denoiser, _teacher().denoiser)
+    return losses.di_generator_loss(gen(z), sigma, eps, fake.denoiser, _teacher().denoiser)[0]
 
 
 def test_di_gradient_equals_weighted_kl_gradient():
@@ -106,7 +106,7 @@ def _sim(distance, stop_dprime=False):
         fake = AffineGaussianGenerator(*sg(tuple(gen)))
         if not stop_dprime:
             return losses.sim_generator_loss(gen(z), sigma, eps, fake.denoiser, _teacher().denoiser,
-                                             distance=distance)
+                                             distance=distance)[0]
         x0 = gen(z)   # the tempting bug: d'(y) treated as a constant
         x_t = diffusion.perturb(x0, sigma, eps)
         d_fake = fake.denoiser(x_t, sigma)
@@ -146,7 +146,8 @@ def test_sim_with_stopped_dprime_is_detected():
     got, want, se = _mc_check(_one(_sim(distance, stop_dprime=True)), _generator(),
                               _draws(2, sigma_kind="sim"), per_example_ref=_sim_theorem_rhs(distance))
     err = np.abs(np.asarray(got - want))
-    print(f"\nstopped d'(y): scale gradient {float(got[-1]):.4f} vs {float(want[-1]):.4f}, |err|/SE {err[-1] / se[-1]:.0f}")
+    print(f"\nstopped d'(y): scale gradient {float(got[-1]):.4f} vs {float(want[-1]):.4f}, "
+          f"|err|/SE {err[-1] / se[-1]:.0f}")
     assert err[-1] > 20 * se[-1], "scale gradient of the buggy variant should be far off"
     assert np.all(err[:-1] <= Z_MAX * se[:-1] + 1e-12), "the mean gradient is right even with the bug"
 
@@ -159,9 +160,38 @@ def test_sim_denoiser_form_is_sigma2_times_score_form():
     y_s = gen.marginal().score(x_t, sigma) - teacher.score(x_t, sigma)
     score_form = -jnp.sum(distances.pseudo_huber(c / sigma**2).grad(y_s)
                           * (gen.marginal().score(x_t, sigma) - diffusion.conditional_score(x_t, x0, sigma)), -1)
-    denoiser_form = losses.sim_generator_loss(x0, sigma, eps, gen.denoiser, teacher.denoiser,
-                                              distance=distances.pseudo_huber(c))
+    denoiser_form, aux = losses.sim_generator_loss(x0, sigma, eps, gen.denoiser, teacher.denoiser,
+                                                   distance=distances.pseudo_huber(c))
     np.testing.assert_allclose(denoiser_form, sigma**2 * score_form, rtol=1e-10)
+    # aux: ||y_D||^2 = sigma^4 ||s_fake - s_teacher||^2 and ||d'(y_D)||
+    np.testing.assert_allclose(aux["denoiser_gap"], sigma**4 * jnp.sum(y_s**2, -1), rtol=1e-10)
+    y_d = sigma**2 * y_s
+    np.testing.assert_allclose(aux["dprime_norm"], jnp.linalg.norm(distances.pseudo_huber(c).grad(y_d), axis=-1),
+                               rtol=1e-10)
+
+
+@pytest.mark.parametrize("method", ["di", "sim", "sid", "dmd", "sds"])
+def test_aux_diagnostics_are_per_example_and_exact(method):
+    """Each loss returns (value [B], aux of [B] arrays): the denoiser gap, normaliser or eps gap, gradient-free."""
+    gen, teacher, (z, eps, _) = _generator(), _teacher(), _draws(6, n=32)
+    sigma, x0 = 0.8, gen(z)
+    fake = AffineGaussianGenerator(*sg(tuple(gen)))
+    x_t = diffusion.perturb(x0, sigma, eps)
+    value, aux = methods.get(method).generator_loss(x0, sigma, eps, fake.denoiser, teacher.denoiser)
+    assert value.shape == (32,) and aux and all(v.shape == (32,) for v in aux.values())
+    gap = jnp.sum((fake.denoiser(x_t, sigma) - teacher.denoiser(x_t, sigma)) ** 2, -1)
+    if method == "sds":
+        eps_teacher = (x_t - teacher.denoiser(x_t, sigma)) / sigma
+        np.testing.assert_allclose(aux["eps_gap"], jnp.sum((eps_teacher - eps) ** 2, -1), rtol=1e-10)
+    else:
+        np.testing.assert_allclose(aux["denoiser_gap"], gap, rtol=1e-10)
+    if method in ("sid", "dmd"):
+        want = jnp.maximum(jnp.mean(jnp.abs(x0 - teacher.denoiser(x_t, sigma)), -1), 1e-5)
+        np.testing.assert_allclose(aux["normaliser"], want, rtol=1e-10)
+    # diagnostics carry no gradient
+    g = jax.grad(lambda g_: sum(jnp.sum(v) for v in methods.get(method).generator_loss(
+        g_(z), sigma, eps, AffineGaussianGenerator(*sg(tuple(g_))).denoiser, teacher.denoiser)[1].values()))(gen)
+    np.testing.assert_array_equal(_flat(g), 0.0)
 
 
 # ------------------------------------------------------------------------------------------
@@ -174,14 +204,14 @@ def test_sim_l2_equals_sid_alpha_1():
     def sim(g):
         fake = AffineGaussianGenerator(*sg(tuple(g)))
         return jnp.mean(losses.sim_generator_loss(g(z), sigma, eps, fake.denoiser, teacher.denoiser,
-                                                  distance="l2"))
+                                                  distance="l2")[0])
 
     def sid_unnormalised(g):
         fake = AffineGaussianGenerator(*sg(tuple(g)))
         x0 = g(z)
         norm = jnp.maximum(jnp.mean(jnp.abs(x0 - teacher.denoise(diffusion.perturb(x0, sigma, eps), sigma)), -1), 1e-5)
         return jnp.mean(sg(norm) * losses.sid_generator_loss(x0, sigma, eps, fake.denoiser, teacher.denoiser,
-                                                             alpha=1.0))
+                                                             alpha=1.0)[0])
 
     g_sim, g_sid = _flat(jax.grad(sim)(gen)), _flat(jax.grad(sid_unnormalised)(gen))
     assert float(jnp.max(jnp.abs(g_sim))) > 1e-3
@@ -193,12 +223,12 @@ def test_sim_l2_equals_sid_alpha_1():
 
 def test_sds_equals_di_with_kernel_score():
     teacher, gen, (z, eps, sigma) = _teacher(), _generator(), _draws(5, n=1024)
-    sds = lambda g: jnp.mean(losses.sds_generator_loss(g(z), sigma, eps, teacher.denoiser))
+    sds = lambda g: jnp.mean(losses.sds_generator_loss(g(z), sigma, eps, None, teacher.denoiser)[0])
 
     def di_dirac(g):
         x0 = g(z)
         kernel_denoiser = lambda x, s, labels: sg(x0)   # E[x0 | x_t] under a Dirac generator
-        return jnp.mean(losses.di_generator_loss(x0, sigma, eps, kernel_denoiser, teacher.denoiser))
+        return jnp.mean(losses.di_generator_loss(x0, sigma, eps, kernel_denoiser, teacher.denoiser)[0])
 
     np.testing.assert_allclose(sds(gen), di_dirac(gen), rtol=1e-10)
     np.testing.assert_allclose(_flat(jax.grad(sds)(gen)), _flat(jax.grad(di_dirac)(gen)), rtol=1e-10)
@@ -255,7 +285,7 @@ def test_di_gradient_for_dirac_uniform_is_theta():
 
     for theta in (0.5, 2.0):
         loss = lambda th: jnp.mean(losses.di_generator_loss(
-            jnp.stack([jnp.full_like(u, th), u], -1), sigma, eps, denoiser(sg(th)), denoiser(0.0)))
+            jnp.stack([jnp.full_like(u, th), u], -1), sigma, eps, denoiser(sg(th)), denoiser(0.0))[0])
         np.testing.assert_allclose(jax.grad(loss)(theta), theta, rtol=1e-10)
 
 
@@ -271,11 +301,11 @@ def test_zero_gradient_at_teacher(method):
         dist = {d.name: d for d in DISTANCES}[method[4:]]
         fn = functools.partial(losses.sim_generator_loss, distance=dist)
     else:
-        fn = losses.GENERATOR_LOSSES[method]
+        fn = methods.get(method).generator_loss
 
     def loss(g):
         fake = AffineGaussianGenerator(*sg(tuple(g)))
-        return jnp.mean(fn(g(z), sigma, eps, fake.denoiser, teacher.denoiser))
+        return jnp.mean(fn(g(z), sigma, eps, fake.denoiser, teacher.denoiser)[0])
 
     grad = _flat(jax.grad(loss)(gen))
     assert np.all(np.isfinite(grad))
@@ -286,7 +316,7 @@ def test_sds_gradient_at_teacher_is_not_zero():
     """SDS has no fake score: at p_g = p_teacher it still shrinks the generator (mode seeking)."""
     teacher, gen = _teacher(), _generator(mu=TEACHER["mean"], s=TEACHER["std"])
     z, eps, sigma = _draws(11, n=20_000)
-    g = jax.grad(lambda g: jnp.mean(losses.sds_generator_loss(g(z), sigma, eps, teacher.denoiser)))(gen)
+    g = jax.grad(lambda g: jnp.mean(losses.sds_generator_loss(g(z), sigma, eps, None, teacher.denoiser)[0]))(gen)
     assert float(g.s) > 0.1     # gradient descent decreases s
 
 
@@ -310,16 +340,14 @@ def test_gradient_flow_into_networks():
         def f(probe):
             fake = lambda x, s, l: net("fake", 0.5)(x + probe, s, l)
             teach = lambda x, s, l: net("teacher", 0.2)(x + probe, s, l)
-            return jnp.sum(fn(x0, 0.7, eps, fake, teach))
+            return jnp.sum(fn(x0, 0.7, eps, fake, teach)[0])
         return jax.grad(f)(jnp.zeros(3))
 
     for name in ("sim", "sid"):
-        assert float(jnp.abs(input_grad(losses.GENERATOR_LOSSES[name])).sum()) > 1e-3, name
-    for name in ("di", "dmd"):
-        np.testing.assert_array_equal(input_grad(losses.GENERATOR_LOSSES[name]), 0.0)
-    np.testing.assert_array_equal(
-        input_grad(lambda x0, s, e, f, t: losses.sds_generator_loss(x0, s, e, t)), 0.0)
-    g_x0 = jax.grad(lambda x: jnp.sum(losses.dsm_loss(net("fake", 0.5), x, 0.7, eps)))(x0)
+        assert float(jnp.abs(input_grad(methods.get(name).generator_loss)).sum()) > 1e-3, name
+    for name in ("di", "dmd", "sds"):
+        np.testing.assert_array_equal(input_grad(methods.get(name).generator_loss), 0.0)
+    g_x0 = jax.grad(lambda x: jnp.sum(losses.dsm_loss(net("fake", 0.5), x, 0.7, eps)[0]))(x0)
     np.testing.assert_array_equal(g_x0, 0.0)
 
 
@@ -329,10 +357,10 @@ def test_dsm_loss_is_zero_mean_optimal_for_exact_denoiser():
     x0 = teacher.sample(jax.random.PRNGKey(0), 50_000)
     eps = jax.random.normal(jax.random.PRNGKey(1), x0.shape)
     sigma = diffusion.sample_sigma(jax.random.PRNGKey(2), (50_000,), "edm")
-    exact = jnp.mean(losses.dsm_loss(teacher.denoiser, x0, sigma, eps))
+    exact = jnp.mean(losses.dsm_loss(teacher.denoiser, x0, sigma, eps)[0])
     for delta in (-0.1, 0.1):
         off = lambda x, s, l: teacher.denoiser(x, s, l) + delta
-        assert jnp.mean(losses.dsm_loss(off, x0, sigma, eps)) > exact
+        assert jnp.mean(losses.dsm_loss(off, x0, sigma, eps)[0]) > exact
 
 
 def test_bad_arguments_raise_value_errors():

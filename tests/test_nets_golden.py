@@ -4,10 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from golden_nets import CASES, load_case, rel_err
 
 from di_jax.convert.edm_mapping import state_dict_to_flax
 from di_jax.nets import Conv2d, build_network
-from golden_nets import CASES, load_case, rel_err
 
 
 @pytest.fixture(scope="module", params=CASES)

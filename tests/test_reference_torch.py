@@ -1,20 +1,17 @@
-"""The PyTorch reference port (experiments/reference_torch) against the official EDM golden outputs,
+"""The PyTorch reference port (di_jax.bench.torch_reference) against the official EDM golden outputs,
 and against the Flax networks through the official-key mapping."""
-
-import pathlib
-import sys
 
 import jax
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from golden_nets import load_case, rel_err  # noqa: E402
+
+from di_jax.bench.torch_reference.networks import build_network  # noqa: E402
 from di_jax.convert.edm_mapping import flax_to_state_dict  # noqa: E402
 from di_jax.nets import build_network as build_flax  # noqa: E402
-from experiments.reference_torch.networks import build_network  # noqa: E402
-from golden_nets import load_case, rel_err  # noqa: E402
 
 TORCH_CASES = ["ddpmpp_uncond_vp", "ddpmpp_cond_edm", "adm_cond_edm"]   # iDDPM is not ported
 
@@ -63,7 +60,8 @@ def test_torch_port_matches_flax_on_random_weights():
     # make zero-initialised layers non-trivial
     leaves, tree = jax.tree_util.tree_flatten(params)
     keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
-    params = jax.tree_util.tree_unflatten(tree, [l + 0.05 * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)])
+    params = jax.tree_util.tree_unflatten(
+        tree, [leaf + 0.05 * jax.random.normal(k, leaf.shape) for leaf, k in zip(leaves, keys)])
     want = np.asarray(flax_net.apply({"params": params}, x, sigma, class_labels=labels))
     net = build_network(cfg).eval()
     net.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in flax_to_state_dict(params, cfg).items()},

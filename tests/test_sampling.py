@@ -4,11 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from golden_nets import GOLDEN_DIR, load_case, rel_err
 
 from di_jax.convert.edm_mapping import state_dict_to_flax
 from di_jax.nets import build_network, iddpm_round_sigma, iddpm_u
 from di_jax.sampling import edm_sampler, edm_sigma_steps, one_step_generate, sample_network
-from golden_nets import GOLDEN_DIR, load_case, rel_err
 
 
 def test_heun_matches_official_sampler():

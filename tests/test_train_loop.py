@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import toy_ring
+from di_jax.configs import toy_ring
 from di_jax.train import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,7 +43,7 @@ def _assert_bitwise_equal(a, b):
 
 
 def test_run_writes_outputs(tmp_path):
-    state = loop.train(_config(steps=20, num_devices=8), str(tmp_path))
+    state = loop.train_and_evaluate(_config(steps=20, num_devices=8), str(tmp_path))
     assert int(state.step) == 20
     names = set(os.listdir(tmp_path))
     assert {"samples_start.png", "samples_end.png", "metrics.json", "checkpoints"} <= names
@@ -55,24 +55,24 @@ def test_run_writes_outputs(tmp_path):
 
 def test_sigterm_then_resume_is_bitwise_identical(tmp_path):
     n = 15
-    reference = loop.train(_config(steps=2 * n), str(tmp_path / "ref"))
+    reference = loop.train_and_evaluate(_config(steps=2 * n), str(tmp_path / "ref"))
 
     def terminate_at_n(step, state):
         if step == n:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    stopped = loop.train(_config(steps=2 * n), str(tmp_path / "run"), on_step=terminate_at_n)
+    stopped = loop.train_and_evaluate(_config(steps=2 * n), str(tmp_path / "run"), on_step=terminate_at_n)
     assert int(stopped.step) == n
     assert str(n) in os.listdir(tmp_path / "run" / "checkpoints")
     assert not (tmp_path / "run" / "metrics.json").exists()      # an interrupted run is not evaluated
-    resumed = loop.train(_config(steps=2 * n), str(tmp_path / "run"))
+    resumed = loop.train_and_evaluate(_config(steps=2 * n), str(tmp_path / "run"))
     assert int(resumed.step) == 2 * n
     _assert_bitwise_equal(resumed, reference)
 
 
 def test_sigkill_after_checkpoint_then_resume_is_bitwise_identical(tmp_path):
     workdir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "di_jax.main", "--config", os.path.join(REPO, "configs/toy_ring.py:sim"),
+    cmd = [sys.executable, "-m", "di_jax.main", "--config", "toy_ring:sim",
            f"--workdir={workdir}", "--config.batch_size=64", "--config.networks.hidden=32", "--config.num_devices=1",
            "--config.num_steps=1000000", "--config.ckpt_every=50", "--config.log_every=1000"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -91,8 +91,8 @@ def test_sigkill_after_checkpoint_then_resume_is_bitwise_identical(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     latest = max(int(d) for d in os.listdir(ckpts) if d.isdigit())
     target = latest + 20
-    resumed = loop.train(_config(steps=target), str(workdir))
-    reference = loop.train(_config(steps=target), str(tmp_path / "ref"))
+    resumed = loop.train_and_evaluate(_config(steps=target), str(workdir))
+    reference = loop.train_and_evaluate(_config(steps=target), str(tmp_path / "ref"))
     assert int(resumed.step) == int(reference.step) == target
     _assert_bitwise_equal(resumed, reference)
 
@@ -103,7 +103,7 @@ def test_toy_sim_ring_covers_the_modes(tmp_path):
     config.num_steps = 1500
     config.num_samples = 2000
     config.log_every = 500
-    loop.train(config, str(tmp_path))
+    loop.train_and_evaluate(config, str(tmp_path))
     metrics = json.load(open(tmp_path / "metrics.json"))
     print("\ntoy SIM ring, 1500 steps:", metrics)
     assert metrics["ema/mode_coverage"] >= 7 / 8

@@ -1,15 +1,18 @@
-"""The compiled train step: sharding invariance, non-finite skipping, fixed point at the teacher, config errors."""
+"""The compiled train step: sharding invariance, labels, non-finite skipping, fixed point at the teacher,
+the method registry (a new method is one entry), dropout conventions, config errors."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import toy_ring
-from di_jax.teachers import AffineGaussianGenerator, IsotropicGaussian
-from di_jax.train import networks, sharding, step as step_lib
+from di_jax.configs import toy_ring
+from di_jax.nets import families
+from di_jax.teachers import AffineGaussianGenerator, IsotropicGaussian, Teacher, build_teacher
+from di_jax.train import sharding
+from di_jax.train import step as step_lib
+from di_jax.train.setup import init_state, setup
 
 
 def _config(method="sim", batch=64, **kw):
@@ -21,87 +24,114 @@ def _config(method="sim", batch=64, **kw):
     return c
 
 
-def _run(config, nets, teacher, mesh, steps, labels=None):
-    state = step_lib.init_state(config, nets, teacher, mesh)
-    fn = step_lib.make_train_step(config, nets, mesh)
-    teacher = sharding.replicate(teacher, mesh)
-    metrics = []
-    for i in range(steps):
-        lab = None if labels is None else sharding.host_to_global(labels(i), mesh)
-        state, m = fn(state, teacher, lab)
+def _mlp(config, label_dim=0):
+    teacher = build_teacher(config)
+    return teacher, families.mlp_networks(config.networks, teacher._replace(label_dim=label_dim))
+
+
+def _run(config, nets, teacher_params, mesh, steps):
+    """`steps` compiled steps from a fresh state; returns (host state, per-step metrics)."""
+    teacher = Teacher(teacher_params, nets.teacher_denoise, nets.data_shape, nets.label_dim)
+    s = setup(config, teacher=teacher, mesh=mesh, nets=nets)
+    state, metrics = s.state, []
+    for _ in range(steps):
+        state, m = s.compiled(state, s.teacher_params)
         metrics.append(jax.device_get(m))
     return jax.device_get(state), metrics
 
 
-@pytest.mark.parametrize("method", ["sim", "di"])
-def test_8_devices_equal_1_device(method):
+def _labelled(nets, label_dim=3):
+    """MLP nets made class-conditional: the generator adds a fixed offset per class."""
+    offsets = jnp.linspace(-1.0, 1.0, 2 * label_dim).reshape(label_dim, 2)
+
+    def generate(params, z, labels, rng=None):
+        return nets.generate(params, z, None, rng) + labels @ offsets
+
+    return nets._replace(label_dim=label_dim, generate=generate)
+
+
+@pytest.mark.parametrize("method,label_dim", [("sim", 0), ("di", 0), ("sim", 3)])
+def test_8_devices_equal_1_device(method, label_dim):
     assert jax.device_count() == 8, "conftest must provide 8 simulated CPU devices"
     config = _config(method, fake_steps=2)
-    teacher = networks.analytic_teacher(config.teacher)
-    nets = networks.mlp_networks(config.networks)
-    s1, _ = _run(config, nets, teacher, sharding.make_mesh(1), 4)
-    s8, _ = _run(config, nets, teacher, sharding.make_mesh(8), 4)
+    teacher, nets = _mlp(config)
+    if label_dim:
+        nets = _labelled(nets, label_dim)
+    s1, _ = _run(config, nets, teacher.params, sharding.make_mesh(1), 4)
+    s8, _ = _run(config, nets, teacher.params, sharding.make_mesh(8), 4)
     assert int(s1.step) == int(s8.step) == 4
     for a, b in zip(jax.tree_util.tree_leaves(s1), jax.tree_util.tree_leaves(s8)):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
     # and the step actually moved the parameters
-    s0 = jax.device_get(step_lib.init_state(config, nets, teacher, sharding.make_mesh(1)))
+    s0 = jax.device_get(init_state(config, nets, teacher.params, sharding.make_mesh(1)))
     moved = [np.abs(a - b).max() for a, b in zip(jax.tree_util.tree_leaves(s0.gen_params),
                                                 jax.tree_util.tree_leaves(s1.gen_params))]
     assert max(moved) > 1e-4
 
 
+def test_labels_are_drawn_inside_the_step_uniformly_from_the_state_rng():
+    """Class labels come from fold_in(state.rng, step), uniform over the classes, fresh every step."""
+    config = _config("sim", batch=64)
+    teacher, base = _mlp(config)
+    classes = jnp.array([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]])
+    nets = base._replace(label_dim=3, generate=lambda p, z, labels, rng=None: labels @ classes
+                         + 0.0 * base.generate(p, z, None, rng))      # x0 = (class index, 0)
+    stds = lambda seed, n=20: [float(m["x0_std"]) for m in _run(_config("sim", seed=seed), nets, teacher.params,
+                                                                 sharding.make_mesh(1), n)[1]]
+    a = stds(0)
+    assert a == stds(0)                       # a function of (seed, step) only
+    assert a[:3] != stds(1, 3)                # another seed, other labels
+    assert len(set(a)) > 10                   # drawn afresh every step
+    # uniform over 3 classes: the std of all entries of (k, 0) is sqrt(7/12)
+    np.testing.assert_allclose(np.mean(a), np.sqrt(7 / 12), atol=0.03)
+
+
 def test_batch_is_sharded_and_state_replicated():
     config = _config("sim")
-    teacher = networks.analytic_teacher(config.teacher)
-    nets = networks.mlp_networks(config.networks)
-    mesh = sharding.make_mesh(8)
-    state = step_lib.init_state(config, nets, teacher, mesh)
-    fn = step_lib.make_train_step(config, nets, mesh)
-    compiled, seconds = step_lib.compile_step(fn, state, sharding.replicate(teacher, mesh), None)
-    assert seconds > 0
-    hlo = compiled.as_text()
+    s = setup(config, mesh=sharding.make_mesh(8))
+    assert s.compile_seconds > 0
+    hlo = s.compiled.as_text()
     assert "all-reduce" in hlo, "gradients of a sharded batch must be all-reduced"
-    new_state, _ = compiled(state, sharding.replicate(teacher, mesh), None)
+    new_state, _ = s.compiled(s.state, s.teacher_params)
     leaf = jax.tree_util.tree_leaves(new_state.gen_params)[0]
     assert leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == 8
 
 
-def _labelled_nets(config):
-    """MLP nets with 2 labels where label -1 (one-hot all zeros) makes the generator output non-finite."""
-    base = networks.mlp_networks(config.networks)
+def test_nan_in_generator_output_is_skipped_and_counted():
+    """A generator parameter set to NaN before step 2 makes x0 NaN: both updates are skipped and counted."""
+    config = _config("sim")
+    teacher, base = _mlp(config)
 
     def generate(params, z, labels, rng=None):
-        return base.generate(params, z, None, rng) / jnp.sum(labels, -1, keepdims=True)
+        return base.generate(params["net"], z, None, rng) * params["poison"]
 
-    return base._replace(label_dim=2, generate=generate)
-
-
-def test_nan_in_generator_output_is_skipped_and_counted():
-    config = _config("sim")
-    teacher = networks.analytic_teacher(config.teacher)
-    nets = _labelled_nets(config)
-    bad_step = 2
-    labels = lambda i: np.full((config.batch_size,), -1 if i == bad_step else 1, np.int32)
+    init = lambda rng, t: {"net": base.init_generator(rng, t), "poison": jnp.float32(1.0)}
+    nets = base._replace(generate=generate, init_generator=init)
     mesh = sharding.make_mesh(8)
-    state = step_lib.init_state(config, nets, teacher, mesh)
-    fn = step_lib.make_train_step(config, nets, mesh)
-    rep = sharding.replicate(teacher, mesh)
-    history = []
+    s = setup(config, teacher=teacher, mesh=mesh, nets=nets)
+    state, bad_step, history = s.state, 2, []
     for i in range(5):
+        if i == bad_step:
+            saved = state.gen_params["poison"]
+            state = state.replace(gen_params={**state.gen_params,
+                                              "poison": sharding.replicate(jnp.float32(jnp.nan), mesh)})
         before = jax.device_get(state)
-        state, m = fn(state, rep, sharding.host_to_global(labels(i), mesh))
+        state, m = s.compiled(state, s.teacher_params)
         after = jax.device_get(state)
         history.append((before, after, jax.device_get(m)))
+        if i == bad_step:
+            state = state.replace(gen_params={**state.gen_params, "poison": saved})
     before, after, m = history[bad_step]
-    assert not np.isfinite(m["gen_loss"])
+    assert int(m["skipped_gen"]) == 1 and int(m["skipped_fake"]) == 1
     assert int(after.skipped_gen) == 1 and int(after.skipped_fake) == 1
     for a, b in zip(jax.tree_util.tree_leaves((before.gen_params, before.fake_params, before.gen_opt_state)),
                     jax.tree_util.tree_leaves((after.gen_params, after.fake_params, after.gen_opt_state))):
         np.testing.assert_array_equal(a, b)
     final = history[-1][1]
     assert int(final.skipped_gen) == 1 and int(final.step) == 5
-    assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(final))
+    # (the EMA saw the injected NaN parameter itself; everything the updates wrote stays finite)
+    assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(
+        (final.gen_params, final.fake_params, final.gen_opt_state, final.fake_opt_state)))
     # the good steps around the bad one did update
     assert any(np.any(a != b) for a, b in zip(jax.tree_util.tree_leaves(history[3][0].gen_params),
                                               jax.tree_util.tree_leaves(history[3][1].gen_params)))
@@ -119,7 +149,7 @@ def _gaussian_nets():
         return teacher.denoise(x, sigma)
 
     init = lambda rng, teacher: {"mu": jnp.array(teacher.mean), "s": jnp.array(teacher.std)}
-    return networks.Networks((2,), (2,), 0, generate, fake_denoise, teacher_denoise, init, init)
+    return families.Networks((2,), (2,), 0, generate, fake_denoise, teacher_denoise, init, init)
 
 
 @pytest.mark.parametrize("method", ["di", "sim", "sid", "dmd"])
@@ -152,7 +182,7 @@ def test_bad_config_fails_before_compiling(field, value, match, monkeypatch):
     config = _config("sim")
     node, _, leaf = field.rpartition(".")
     (config[node] if node else config)[leaf] = value
-    nets = networks.mlp_networks(config.networks)
+    _, nets = _mlp(_config("sim"))
     traced = []
     monkeypatch.setattr(jax, "jit", lambda *a, **k: traced.append(1))
     with pytest.raises(ValueError, match=match):
@@ -166,7 +196,7 @@ def test_flat_optimizer_update_equals_per_leaf_optax_adam(clip, b1):
     Adam on the tree, leaf by leaf; a non-finite gradient leaves params and optimiser state unchanged."""
     import optax
 
-    from di_jax.train.config import base_config
+    from di_jax.configs.base import base_config
     from di_jax.train.state import flat_params, make_optimizer
 
     cfg = base_config().gen_optim
@@ -175,7 +205,8 @@ def test_flat_optimizer_update_equals_per_leaf_optax_adam(clip, b1):
     ref = optax.adam(cfg.lr, b1=b1, b2=cfg.b2, eps=cfg.eps)
     ref = optax.chain(optax.clip_by_global_norm(clip), ref) if clip else ref
     k = jax.random.split(jax.random.PRNGKey(0), 4)
-    params = {"a": {"kernel": jax.random.normal(k[0], (3, 4)), "bias": jnp.zeros(4)}, "b": jax.random.normal(k[1], (5,))}
+    params = {"a": {"kernel": jax.random.normal(k[0], (3, 4)), "bias": jnp.zeros(4)},
+              "b": jax.random.normal(k[1], (5,))}
     ref_state, flat_state = ref.init(params), tx.init(flat_params(params))
     for i in range(4):
         grads = jax.tree.map(lambda p: jax.random.normal(jax.random.fold_in(k[2], i), p.shape) * (i + 1), params)

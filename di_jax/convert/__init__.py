@@ -19,7 +19,7 @@ import numpy as np
 from di_jax.convert import catalogue
 from di_jax.convert import config as config_lib
 from di_jax.convert.edm_pickle import read_edm_pickle
-from di_jax.convert.torch_zip import ZIP_MAGIC, read_zip
+from di_jax.convert.torch_zip import LEGACY_MAGIC, ZIP_MAGIC, read_zip
 from di_jax.convert.unpickle import CheckpointError, RefusedGlobalError
 
 __all__ = ["CheckpointError", "RefusedGlobalError", "read_checkpoint", "read_state_dict", "convert_checkpoint",
@@ -27,7 +27,6 @@ __all__ = ["CheckpointError", "RefusedGlobalError", "read_checkpoint", "read_sta
 
 CONFIG_FILE, PARAMS_DIR = "config.json", "params"
 SAFETENSORS_CONFIG_KEY = "edm_config"   # safetensors metadata entry holding the network config as JSON
-_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # pickled 0x1950a86a20f9469cfc6c
 _NOT_CHECKPOINTS = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image",
                     b"\x1f\x8b": "a gzip file", b"\x93NUMPY": "a .npy array", b"\x7fELF": "an executable"}
 
@@ -46,7 +45,7 @@ def sniff(path: str | os.PathLike) -> str:
         raise CheckpointError(f"{os.fspath(path)} is empty")
     if head.startswith(ZIP_MAGIC) or head.startswith(b"PK\x05\x06"):
         return "zip"
-    if head.startswith(_LEGACY_TORCH_MAGIC):
+    if head.startswith(LEGACY_MAGIC):
         raise CheckpointError("legacy (pre-1.6, non-zip) torch.save file: not supported; re-save it "
                               "with a current torch.save")
     if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:

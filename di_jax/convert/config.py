@@ -16,25 +16,12 @@ from typing import Any, Mapping
 import numpy as np
 
 from di_jax.convert.unpickle import CheckpointError
+from di_jax.nets import CONFIG_KEYS, DEFAULT_MODEL, PRECONDS, UNET_KEYS, unet_defaults
 
-PRECONDS = ("EDMPrecond", "VPPrecond", "VEPrecond", "iDDPMPrecond")
-MODEL_TYPES = ("SongUNet", "DhariwalUNet")
-# Default model_type of each wrapper (section 4).
-DEFAULT_MODEL = {"EDMPrecond": "DhariwalUNet", "iDDPMPrecond": "DhariwalUNet",
-                 "VPPrecond": "SongUNet", "VEPrecond": "SongUNet"}
-# Constructor defaults (sections 2 and 3).
-DEFAULTS = {
-    "SongUNet": dict(label_dim=0, augment_dim=0, model_channels=128, channel_mult=[1, 2, 2, 2],
-                     channel_mult_emb=4, num_blocks=4, attn_resolutions=[16], dropout=0.10,
-                     label_dropout=0.0, embedding_type="positional", channel_mult_noise=1,
-                     encoder_type="standard", decoder_type="standard", resample_filter=[1, 1]),
-    "DhariwalUNet": dict(label_dim=0, augment_dim=0, model_channels=192, channel_mult=[1, 2, 3, 4],
-                         channel_mult_emb=4, num_blocks=3, attn_resolutions=[32, 16, 8], dropout=0.10,
-                         label_dropout=0.0),
-}
-WRAPPER_KEYS = ("img_resolution", "img_channels", "use_fp16", "sigma_min", "sigma_max", "sigma_data",
-                "beta_d", "beta_min", "M", "epsilon_t", "C_1", "C_2")
-KNOWN_KEYS = frozenset({"precond", "model_type", "dtype", *WRAPPER_KEYS, *DEFAULTS["SongUNet"]})
+MODEL_TYPES = tuple(UNET_KEYS)
+# Constructor defaults (sections 2 and 3), read from the Flax UNets.
+DEFAULTS = {model_type: unet_defaults(model_type) for model_type in MODEL_TYPES}
+KNOWN_KEYS = CONFIG_KEYS
 # Architecture keys that a state_dict determines (checked against `_init_kwargs`).
 _CHECKED = ("model_type", "img_resolution", "img_channels", "label_dim", "augment_dim", "model_channels",
             "channel_mult", "channel_mult_emb", "num_blocks", "channel_mult_noise", "embedding_type",

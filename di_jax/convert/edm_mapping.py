@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
+from flax import traverse_util
 
 from di_jax.convert import catalogue
 from di_jax.convert import config as config_lib
@@ -66,16 +67,6 @@ def _raise(problems):
         raise ValueError("state_dict / Flax params mismatch:\n  " + "\n  ".join(problems))
 
 
-def _nest(flat: Mapping[tuple, Any]) -> dict:
-    out: dict = {}
-    for path, value in flat.items():
-        node = out
-        for p in path[:-1]:
-            node = node.setdefault(p, {})
-        node[path[-1]] = value
-    return out
-
-
 def state_dict_to_flax(state_dict: Mapping[str, Any], config: Mapping[str, Any]) -> dict:
     """Official wrapper state_dict -> Flax params (nested dict of numpy float32). Strict: one ValueError
     lists every missing, unexpected and wrongly shaped key and every buffer that differs from its constant."""
@@ -104,7 +95,7 @@ def state_dict_to_flax(state_dict: Mapping[str, Any], config: Mapping[str, Any])
         problems += [f"Flax param {'/'.join(p)}: shape {flat[p].shape} vs module {s}"
                      for p, s in flax_shapes.items() if p in flat and flat[p].shape != s]
     _raise(problems)
-    return _nest(flat)
+    return traverse_util.unflatten_dict(flat)
 
 
 def flax_to_state_dict(params: Mapping[str, Any], config: Mapping[str, Any]) -> collections.OrderedDict:

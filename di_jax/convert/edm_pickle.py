@@ -15,8 +15,14 @@ from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 
-from di_jax.convert.unpickle import (NUMPY_GLOBALS, TENSOR_GLOBALS, CheckpointError, RestrictedUnpickler,
-                                     load_legacy_storage, safe_load)
+from di_jax.convert.unpickle import (
+    NUMPY_GLOBALS,
+    TENSOR_GLOBALS,
+    CheckpointError,
+    RestrictedUnpickler,
+    load_legacy_storage,
+    safe_load,
+)
 
 StateDict = "collections.OrderedDict[str, np.ndarray]"
 # Positional constructor arguments shared by EDMPrecond, VPPrecond, VEPrecond and iDDPMPrecond.

@@ -5,7 +5,8 @@ id `('storage', torch.<T>Storage, key, location, numel)`, and the raw little-end
 each storage in `<name>/data/<key>`. The torch-free path unpickles `data.pkl` with the same
 allow-list as the EDM reader (tensor rebuild functions, storage types, OrderedDict) and reads
 the storages with `zipfile`. With torch installed, `torch.load(weights_only=True)` is used
-instead unless `use_torch=False`; both give identical arrays.
+instead unless `use_torch=False`; both give identical arrays. `read_torch_save` reads zip and
+legacy (pre-1.6, non-zip) files, always without torch.
 """
 
 import collections
@@ -14,10 +15,20 @@ import zipfile
 
 import numpy as np
 
-from di_jax.convert.unpickle import (NUMPY_GLOBALS, STORAGE_DTYPES, TENSOR_GLOBALS, CheckpointError,
-                                     RestrictedUnpickler, Storage, StorageType, safe_load)
+from di_jax.convert.unpickle import (
+    NUMPY_GLOBALS,
+    STORAGE_DTYPES,
+    TENSOR_GLOBALS,
+    CheckpointError,
+    RestrictedUnpickler,
+    Storage,
+    StorageType,
+    load_legacy_file,
+    safe_load,
+)
 
 ZIP_MAGIC = b"PK\x03\x04"
+LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # pickled 0x1950a86a20f9469cfc6c (protocol 2)
 
 
 class _ZipUnpickler(RestrictedUnpickler):
@@ -114,15 +125,16 @@ def read_zip_torch(path: str | os.PathLike) -> "collections.OrderedDict[str, np.
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if isinstance(obj, dict):
-        obj = {k: _tensor_to_numpy(v) if isinstance(v, torch.Tensor) else v for k, v in obj.items()}
+        obj = {k: to_numpy(v) if isinstance(v, torch.Tensor) else v for k, v in obj.items()}
     return _to_state_dict(obj, "torch archive")
 
 
-def _tensor_to_numpy(t) -> np.ndarray:
-    import torch  # pylint: disable=import-outside-toplevel
-
-    t = t.detach().cpu()
-    if t.dtype == torch.bfloat16:
+def to_numpy(value) -> np.ndarray:
+    """A torch.Tensor (recognised without importing torch; bfloat16 widened to float32) or array-like -> numpy."""
+    if not hasattr(value, "detach"):
+        return np.asarray(value)
+    t = value.detach().cpu()
+    if str(t.dtype) == "torch.bfloat16":
         return t.float().numpy()
     return t.numpy().copy()
 
@@ -140,3 +152,33 @@ def read_zip(path, use_torch: bool | None = None) -> "collections.OrderedDict[st
     if use_torch is None:
         use_torch = torch_available()
     return read_zip_torch(path) if use_torch else read_zip_numpy(path)
+
+
+def read_legacy_numpy(path: str | os.PathLike) -> "collections.OrderedDict[str, np.ndarray]":
+    """Torch-free reader: legacy (pre-1.6, non-zip) `torch.save` state_dict -> OrderedDict of numpy arrays."""
+    try:
+        with open(path, "rb") as f:
+            obj = load_legacy_file(f)
+    except OSError as e:
+        raise CheckpointError(f"cannot read {os.fspath(path)}: {e.strerror}") from None
+    return _to_state_dict(obj, "legacy torch.save file")
+
+
+def read_torch_save(path: str | os.PathLike) -> "collections.OrderedDict[str, np.ndarray]":
+    """Torch-free reader of a `torch.save`d state_dict in either format (zip or legacy), by content.
+
+    Args:
+      path: `.pt` / `.pth` file.
+    Returns: OrderedDict of numpy arrays (an outer `{'state_dict': ...}` wrapper is removed).
+    Raises: `CheckpointError` (one line) for anything else, or a corrupt or unsafe file.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(LEGACY_MAGIC))
+    except OSError as e:
+        raise CheckpointError(f"cannot read {os.fspath(path)}: {e.strerror}") from None
+    if head.startswith(ZIP_MAGIC):
+        return read_zip_numpy(path)
+    if head.startswith(LEGACY_MAGIC):
+        return read_legacy_numpy(path)
+    raise CheckpointError(f"{os.fspath(path)} is not a torch.save file (neither a zip archive nor a legacy stream)")

@@ -1,6 +1,7 @@
 """Allow-listed unpickling of PyTorch tensors into numpy, without torch and without running code.
 
-Shared by the EDM `.pkl` reader (`edm_pickle`) and the `torch.save` zip reader (`torch_zip`).
+Shared by the EDM `.pkl` reader (`edm_pickle`) and the `torch.save` reader (`torch_zip`, zip and
+legacy files).
 Pickle can call any importable callable; `RestrictedUnpickler.find_class` resolves only the
 names in its `ALLOWED` table to local, side-effect-free stand-ins and refuses everything else
 before anything is called (spec edm_architecture.md section 7).
@@ -142,7 +143,7 @@ def safe_load(unpickler_cls: type[RestrictedUnpickler], stream, **kwargs) -> Any
         raise CheckpointError(f"malformed {unpickler_cls.WHAT} ({type(e).__name__}: {str(e)[:200]})") from None
 
 
-# ---- the legacy (non-zip) torch.save stream that `torch.storage._load_from_bytes` receives ----
+# ---- the legacy (non-zip) torch.save stream: a whole pre-1.6 file, or the blob `_load_from_bytes` receives ----
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
@@ -174,33 +175,103 @@ class _LegacyRootUnpickler(RestrictedUnpickler):
         return self.storages[key]
 
 
-def load_legacy_storage(blob: bytes) -> Storage:
-    """Parse `torch.storage._load_from_bytes(blob)`: one storage saved by legacy `torch.save`."""
-    if not isinstance(blob, bytes):
-        raise CheckpointError(f"_load_from_bytes got a {type(blob).__name__}, not bytes")
-    f = io.BytesIO(blob)
+class _PendingTensor:
+    """A tensor of a legacy file: its storages follow the pickle, so it is rebuilt after they are read."""
+
+    def __init__(self, storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
+        self.args = (storage, offset, size, stride, requires_grad, hooks, metadata)
+
+
+def _pending_parameter(data, requires_grad=False, hooks=None, state=None):
+    del requires_grad, hooks, state
+    if not isinstance(data, _PendingTensor):
+        raise CheckpointError(f"parameter rebuilt from a {type(data).__name__}, not a tensor")
+    return data
+
+
+def _resolve_pending(obj: Any, memo: dict | None = None) -> Any:
+    """Replace every `_PendingTensor` in dicts / lists / tuples (in place where mutable) by its array.
+
+    Each container is visited once (`memo` by id): a pickle's shared references (a "billion laughs"
+    DAG, a list containing itself) cost linear time, not exponential or infinite.
+    """
+    memo = {} if memo is None else memo
+    if id(obj) in memo:
+        return memo[id(obj)]
+    if isinstance(obj, _PendingTensor):
+        memo[id(obj)] = rebuild_tensor(*obj.args)
+    elif isinstance(obj, dict):
+        memo[id(obj)] = obj
+        for key, value in obj.items():
+            obj[key] = _resolve_pending(value, memo)
+    elif isinstance(obj, list):
+        memo[id(obj)] = obj
+        obj[:] = [_resolve_pending(v, memo) for v in obj]
+    elif isinstance(obj, tuple):
+        memo[id(obj)] = tuple(_resolve_pending(v, memo) for v in obj)
+    else:
+        return obj
+    return memo[id(obj)]
+
+
+class _LegacyFileUnpickler(_LegacyRootUnpickler):
+    ALLOWED = {**TENSOR_GLOBALS, **NUMPY_GLOBALS,  # as for a zip archive's data.pkl, tensors deferred
+               ("torch._utils", "_rebuild_tensor_v2"): _PendingTensor,
+               ("torch._utils", "_rebuild_parameter"): _pending_parameter,
+               ("torch._utils", "_rebuild_parameter_with_state"): _pending_parameter}
+    WHAT = "legacy torch.save file"
+
+
+def _load_legacy(f, root_unpickler: type[_LegacyRootUnpickler], what: str, single_storage: bool) -> Any:
+    """The root object of a legacy stream: pickles of magic, protocol, sys info, root and storage
+    keys, then each storage as int64 element count + raw bytes. `single_storage`: the root must be
+    one storage (a `_load_from_bytes` blob)."""
     if safe_load(_PlainUnpickler, f) != _LEGACY_MAGIC:
-        raise CheckpointError("storage blob is not a legacy torch.save stream (bad magic number)")
+        raise CheckpointError(f"{what} is not a legacy torch.save stream (bad magic number)")
     if safe_load(_PlainUnpickler, f) != _LEGACY_PROTOCOL:
-        raise CheckpointError("storage blob has an unsupported legacy torch.save protocol version")
+        raise CheckpointError(f"{what} has an unsupported legacy torch.save protocol version")
     info = safe_load(_PlainUnpickler, f)
     if not isinstance(info, dict) or not info.get("little_endian", True):
-        raise CheckpointError("storage blob was written on a big-endian machine; not supported")
+        raise CheckpointError(f"{what} was written on a big-endian machine; not supported")
     storages: dict[str, Storage] = {}
-    root = safe_load(_LegacyRootUnpickler, f, storages=storages)
+    root = safe_load(root_unpickler, f, storages=storages)
     keys = safe_load(_PlainUnpickler, f)
-    if not isinstance(root, Storage) or not isinstance(keys, list) or set(map(str, keys)) != set(storages):
-        raise CheckpointError("storage blob does not hold exactly one storage")
+    if (single_storage and not isinstance(root, Storage)) or not isinstance(keys, list) \
+            or set(map(str, keys)) != set(storages):
+        raise CheckpointError(f"{what} does not hold exactly one storage" if single_storage
+                              else f"{what}: its storage key list does not match the storages it references")
     for key in keys:
         s = storages[str(key)]
         header = f.read(8)
         if len(header) != 8:
-            raise CheckpointError("storage blob truncated (missing element count)")
+            raise CheckpointError(f"{what} truncated (missing element count)")
         numel = int.from_bytes(header, "little")
         dtype = STORAGE_DTYPES[s.type_name]
         raw = f.read(numel * dtype.itemsize)
         if numel != s.numel or len(raw) != numel * dtype.itemsize:
-            raise CheckpointError(f"storage blob truncated: {len(raw)} bytes for {s.numel} x {dtype}")
+            raise CheckpointError(f"{what} truncated: {len(raw)} bytes for {s.numel} x {dtype}")
         s.data = np.frombuffer(raw, dtype).copy()
     return root
 
+
+def load_legacy_storage(blob: bytes) -> Storage:
+    """Parse `torch.storage._load_from_bytes(blob)`: one storage saved by legacy `torch.save`."""
+    if not isinstance(blob, bytes):
+        raise CheckpointError(f"_load_from_bytes got a {type(blob).__name__}, not bytes")
+    return _load_legacy(io.BytesIO(blob), _LegacyRootUnpickler, "storage blob", single_storage=True)
+
+
+def load_legacy_file(f) -> Any:
+    """The object saved by legacy (torch < 1.6 or `_use_new_zipfile_serialization=False`) `torch.save`.
+
+    Args:
+      f: binary file object positioned at the start of the file.
+    Returns: the saved object with tensors as numpy arrays (same allow-list as the zip reader).
+    """
+    root = _load_legacy(f, _LegacyFileUnpickler, _LegacyFileUnpickler.WHAT, single_storage=False)
+    try:
+        return _resolve_pending(root)
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError, OverflowError, RecursionError) as e:
+        raise CheckpointError(f"malformed legacy torch.save file ({type(e).__name__}: {str(e)[:200]})") from None

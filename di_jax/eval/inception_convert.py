@@ -6,8 +6,8 @@ Flax variable is filled, shapes are checked, and all problems are reported in on
 
 Key naming is pytorch-fid's (`Conv2d_1a_3x3.conv.weight`, `Mixed_5b.branch5x5_1.bn.running_var`,
 `fc.weight`, ...), which torch-fidelity's `weights-inception-2015-12-05` file shares.
-Weight files: `.pth`/`.pt` (read with `torch.load(weights_only=True)`; needs torch),
-`.safetensors` or `.npz` holding the same keys (no torch needed).
+Weight files: `.pth`/`.pt` (`torch.save` zip or legacy format, read without torch by
+`di_jax.convert.torch_zip`), `.safetensors` or `.npz` holding the same keys.
 """
 
 import os
@@ -15,7 +15,9 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
+from flax import traverse_util
 
+from di_jax.convert.torch_zip import read_torch_save, to_numpy
 from di_jax.eval import inception
 
 Variables = dict[str, Any]
@@ -54,12 +56,12 @@ def _torch_key(collection: str, path: tuple[str, ...]) -> tuple[str, Any]:
 
 def convert_state_dict(state_dict: Mapping[str, Any]) -> Variables:
     """Map a pytorch-fid Inception state_dict (tensors or arrays) to Flax `{'params', 'batch_stats'}`."""
-    arrays = {k: _to_numpy(v) for k, v in state_dict.items()}
+    arrays = {k: to_numpy(v) for k, v in state_dict.items()}
     used, missing, mismatched = set(), [], []
     out: Variables = {}
     for collection, tree in variable_shapes().items():
         flat = {}
-        for path, shape in _flatten(tree):
+        for path, shape in traverse_util.flatten_dict(tree).items():
             key, transform = _torch_key(collection, path)
             if key not in arrays:
                 missing.append(key)
@@ -70,7 +72,7 @@ def convert_state_dict(state_dict: Mapping[str, Any]) -> Variables:
                 mismatched.append(f"{key}: file {arrays[key].shape} -> {value.shape}, expected {shape}")
                 continue
             flat[path] = np.asarray(value, np.float32)
-        out[collection] = _unflatten(flat)
+        out[collection] = traverse_util.unflatten_dict(flat)
     unexpected = sorted(k for k in arrays if k not in used and not k.endswith(_IGNORED_SUFFIX))
     if missing or unexpected or mismatched:
         parts = [f"{name} ({len(keys)}): {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
@@ -81,7 +83,7 @@ def convert_state_dict(state_dict: Mapping[str, Any]) -> Variables:
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read a weight file (.pth/.pt via torch, .safetensors, .npz) into numpy arrays."""
+    """Read a weight file (.pth/.pt torch.save, .safetensors, .npz) into numpy arrays; torch is not needed."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise InceptionWeightsError(f"Inception weight file not found: {path} (pytorch-fid's "
@@ -89,53 +91,23 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     ext = os.path.splitext(path)[1].lower()
     try:
         if ext == ".safetensors":
-            from safetensors.numpy import load_file
+            from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
             return dict(load_file(path))
         if ext == ".npz":
             with np.load(path, allow_pickle=False) as data:
                 return {k: data[k] for k in data.files}
-        try:
-            import torch
-        except ImportError:
-            raise InceptionWeightsError(f"reading {path} needs PyTorch (pip install torch), or convert "
-                                        "it to .safetensors/.npz first") from None
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except InceptionWeightsError:
-        raise
+        return dict(read_torch_save(path))
     except Exception as e:  # noqa: BLE001 - any reader failure is a bad file
         raise InceptionWeightsError(f"cannot read Inception weights {path}: "
                                     f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
-    if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
-        sd = sd["state_dict"]
-    if not isinstance(sd, Mapping):
-        raise InceptionWeightsError(f"{path} does not hold a state_dict (got {type(sd).__name__})")
-    return {k: _to_numpy(v) for k, v in sd.items()}
 
 
 def load_inception(path: str | os.PathLike) -> Variables:
-    """Weight file -> Flax variables for `InceptionV3().apply`."""
+    """Weight file -> Flax variables for `InceptionV3().apply`.
+
+    Args:
+      path: pytorch-fid's `pt_inception-2015-12-05-6726825d.pth`, or a `.safetensors` / `.npz`
+        with the same keys.
+    Returns: `{'params', 'batch_stats'}` of `inception.InceptionV3`.
+    """
     return convert_state_dict(load_state_dict(path))
-
-
-def _to_numpy(v) -> np.ndarray:
-    if hasattr(v, "detach"):  # torch.Tensor, without importing torch
-        v = v.detach().cpu().numpy()
-    return np.asarray(v)
-
-
-def _flatten(tree, prefix=()):
-    for k, v in tree.items():
-        if isinstance(v, Mapping):
-            yield from _flatten(v, prefix + (k,))
-        else:
-            yield prefix + (k,), v
-
-
-def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict:
-    out: dict = {}
-    for path, v in flat.items():
-        node = out
-        for k in path[:-1]:
-            node = node.setdefault(k, {})
-        node[path[-1]] = v
-    return out

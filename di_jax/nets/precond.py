@@ -13,6 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 
 PRECONDS = ("EDMPrecond", "VPPrecond", "VEPrecond", "iDDPMPrecond")
+# The UNet each wrapper uses when a config names none (spec section 4).
+DEFAULT_MODEL = {"EDMPrecond": "DhariwalUNet", "iDDPMPrecond": "DhariwalUNet",
+                 "VPPrecond": "SongUNet", "VEPrecond": "SongUNet"}
 
 
 def iddpm_u(M: int = 1000, C_1: float = 0.001, C_2: float = 0.008) -> np.ndarray:

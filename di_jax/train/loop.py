@@ -1,4 +1,4 @@
-"""The training driver: build, restore, compile, loop, log, checkpoint, draw.
+"""The training driver, `train_and_evaluate(config, workdir)`: set up, restore, loop, log, checkpoint, draw, evaluate.
 
 Checkpoints (orbax) hold the complete TrainState — generator, fake score, EMA, both optimiser
 states, step, base rng and skip counters — every `config.ckpt_every` steps, at the end, and when
@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from typing import Any, Callable, Optional
 
 import jax
@@ -20,11 +19,10 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from di_jax.eval.evaluators import make_evaluation, make_fid_eval, make_pictures
 from di_jax.train import sharding
-from di_jax.train.config import validate
-from di_jax.train.hooks import build_run, make_fid_eval
+from di_jax.train.setup import setup
 from di_jax.train.state import TrainState, param_count
-from di_jax.train.step import compile_step, init_state, make_train_step
 
 log = logging.getLogger("di_jax")
 
@@ -52,16 +50,6 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
-def host_labels(config: ml_collections.ConfigDict, label_dim: int, step: int) -> Optional[np.ndarray]:
-    """Class labels of one step, a function of (seed, step) only; this host's slice of the batch."""
-    if label_dim == 0:
-        return None
-    rng = np.random.default_rng([config.seed, 7, step])
-    labels = rng.integers(0, label_dim, config.batch_size).astype(np.int32)
-    per_host = config.batch_size // jax.process_count()
-    return labels[jax.process_index() * per_host:(jax.process_index() + 1) * per_host]
-
-
 def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=config.get("ckpt_keep", 3), create=True)
     return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")), options=options)
@@ -81,36 +69,36 @@ def restore_or_init(mngr: ocp.CheckpointManager, fresh: TrainState) -> TrainStat
             f"(another network, method or di_jax version wrote it): use a new --workdir. ({first})") from None
 
 
-def train(config: ml_collections.ConfigDict, workdir: str,
-          on_step: Optional[Callable[[int, TrainState], None]] = None) -> TrainState:
-    """Runs (or resumes) a distillation run in `workdir`; returns the final state.
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       on_step: Optional[Callable[[int, TrainState], None]] = None) -> TrainState:
+    """Runs (or resumes) a distillation run in `workdir`, then evaluates it; returns the final state.
 
-    `on_step(step, state)`, if given, runs on the host after every step (custom evaluation, tests).
+    Args:
+      config: the run's config (`di_jax.configs`).
+      workdir: checkpoints, TensorBoard scalars, pictures, metrics.json and reports go here.
+      on_step: if given, `on_step(step, state)` runs on the host after every step (custom evaluation, tests).
     """
     from clu import metric_writers, parameter_overview, periodic_actions
 
     sharding.maybe_initialize_distributed(config.distributed)
-    mesh = sharding.make_mesh(config.num_devices or None)
-    validate(config, mesh.size)
     os.makedirs(workdir, exist_ok=True)
-    run = build_run(config, workdir)
-    nets, teacher = run.nets, sharding.replicate(run.teacher_params, mesh)
+    run = setup(config)
+    mesh, nets, teacher = run.mesh, run.nets, run.teacher_params
+    draw = make_pictures(config, nets, run.teacher, workdir)
+    evaluate = make_evaluation(config, nets, run.teacher, workdir)
 
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     mngr = checkpoint_manager(workdir, config)
-    state = restore_or_init(mngr, init_state(config, nets, teacher, mesh))
+    state = restore_or_init(mngr, run.state)
     start = int(state.step)
-
-    step_fn = make_train_step(config, nets, mesh)
-    labels = lambda s: sharding.host_to_global(host_labels(config, nets.label_dim, s), mesh)
-    compiled, compile_s = compile_step(step_fn, state, teacher, labels(start))
+    compiled, compile_s = run.compiled, run.compile_seconds
     log.info("train step compiled in %.2f s on %d device(s) (%s)", compile_s, mesh.size, jax.devices()[0].platform)
     if start == 0:
         writer.write_hparams({k: str(v) for k, v in config.to_dict().items()})
         log.info("generator (%d params):\n%s", param_count(state.gen_params),
                  parameter_overview.get_parameter_overview(state.gen_params))
         log.info("fake score: %d params", param_count(state.fake_params))
-        run.draw(state, "start")
+        draw(state, "start")
     writer.write_scalars(start, {"compile_seconds": compile_s})
     fid_eval = make_fid_eval(config, nets) if config.fid.every else None
 
@@ -122,7 +110,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     last_saved = start if mngr.latest_step() == start else None
     with _StopFlag() as stop:
         for s in range(start, config.num_steps):
-            state, metrics = compiled(state, teacher, labels(s))
+            state, metrics = compiled(state, teacher)
             if sync_each_step:
                 jax.block_until_ready(state.step)
             done = s + 1
@@ -135,14 +123,14 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                 scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 writer.write_scalars(done, scalars)
                 if bar is not None:
-                    bar.set_postfix(gen_loss=f"{scalars['gen_loss']:.3g}", skipped=int(scalars["skipped_gen"]))
+                    bar.set_postfix(fake_loss=f"{scalars['fake_loss']:.3g}", skipped=int(scalars["skipped_gen"]))
             if fid_eval is not None and done % config.fid.every == 0 and jax.process_index() == 0:
                 scores = fid_eval(state)
                 log.info("step %d: FID %.3f (IS %.3f) over %d samples", done, scores["fid"],
                          scores.get("is_mean", float("nan")), scores["num"])
                 writer.write_scalars(done, {f"fid/{k}": v for k, v in scores.items()})
             if config.sample_every and done % config.sample_every == 0:
-                run.draw(state, f"step{done:07d}")
+                draw(state, f"step{done:07d}")
             if done % config.ckpt_every == 0 or stop.requested:
                 mngr.save(done, args=ocp.args.StandardSave(state))
                 last_saved = done
@@ -157,11 +145,11 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         bar.close()
     writer.flush()
     if int(state.step) == config.num_steps and jax.process_index() == 0:
-        run.draw(state, "end")
-        results = run.evaluate(state)
+        draw(state, "end")
+        results = evaluate(state)
         if results:
-            writer.write_scalars(int(state.step), {k: v for k, v in results.items()
-                                                  if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)})
+            numeric = lambda v: isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+            writer.write_scalars(int(state.step), {k: v for k, v in results.items() if numeric(v)})
             with open(os.path.join(workdir, "metrics.json"), "w") as f:
                 json.dump(results, f, indent=2, default=float)
             log.info("final metrics: %s", json.dumps(results, default=float))

@@ -1,15 +1,16 @@
 """Device mesh and shardings: batch on a 'data' axis over all devices, parameters replicated.
 
 This is the `jax.jit`-with-shardings equivalent of data-parallel pmap (pmap is in maintenance mode).
-Multi-host: call `maybe_initialize_distributed` first; each host then passes its own slice of the
-batch to `host_to_global`, which assembles one global array.
+Every per-example input (latents, noise, labels) is drawn inside the step for the global batch, so
+no host feeds data. Multi-host: call `maybe_initialize_distributed` first.
 """
 
 from typing import Any, Optional
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
 
@@ -49,13 +50,3 @@ def shard_batch(x: jax.Array, mesh: Mesh) -> jax.Array:
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Puts a host pytree on every device of the mesh."""
     return jax.device_put(tree, replicated(mesh))
-
-
-def host_to_global(local: Any, mesh: Mesh) -> Any:
-    """Assembles per-host batch slices [B_local, ...] into global arrays sharded over 'data'."""
-    if local is None:
-        return None
-    if jax.process_count() == 1:
-        return jax.device_put(local, batch_sharded(mesh))
-    from jax.experimental import multihost_utils
-    return multihost_utils.host_local_array_to_global_array(local, mesh, P(DATA_AXIS))

@@ -7,7 +7,6 @@ Tensors are NCHW, as in the official code. Mixed precision is left to `torch.aut
 """
 
 import math
-from typing import Optional, Sequence
 
 import numpy as np
 import torch

@@ -1,10 +1,10 @@
 """Toy: MLP generator from 2-D noise onto a 5x5 grid of 25 Gaussians (exact teacher).
 
-    python -m di_jax.main --config configs/toy_grid.py:sim --workdir runs/grid_sim
+    di-jax distill --config toy_grid:sim --workdir runs/grid_sim
+Same methods and per-method noise levels as `toy_ring`.
 """
 
-from configs.toy_ring import SIGMA_GEN  # noqa: F401  (same per-method noise levels)
-from configs import toy_ring
+from di_jax.configs import toy_ring
 
 
 def get_config(method: str = "sim"):

@@ -1,7 +1,7 @@
 """The main job: SIM (pseudo-Huber) one-step distillation of the embedded class-conditional digits teacher.
 
     di-jax distill --workdir runs/digits            # this config is the default
-    python -m di_jax.main --config configs/digits_sim.py --workdir runs/digits --config.method=di
+    di-jax distill --config digits_sim --workdir runs/digits --config.method=di
 
 `--config.method=di|sid|dmd|sds` runs the other methods with their own generator-phase noise levels
 (`sigma_gen.kind = "auto"`, spec distillation.md §5, §7). Sized to finish on 2 CPU cores in minutes.
@@ -9,14 +9,12 @@
 
 import ml_collections
 
-from di_jax.train.config import base_config
+from di_jax.configs.base import base_config
 
 
 def get_config(method: str = "sim"):
     c = base_config()
     c.method = method or "sim"
-    c.sigma_gen = ml_collections.ConfigDict(dict(kind="auto"))
-    c.sigma_fake = ml_collections.ConfigDict(dict(kind="edm"))
     c.distance.update(name="pseudo_huber", c=1.0)
     c.teacher = ml_collections.ConfigDict(dict(kind="edm", path=""))      # '': embedded digits teacher
     c.networks = ml_collections.ConfigDict(dict(kind="edm", sigma_init=2.5, teacher_dropout=False,

@@ -1,35 +1,33 @@
 """The training configuration schema (an ml_collections ConfigDict) and its validation.
 
-Files in `configs/` start from `base_config()` and override fields; the command line overrides
-them again (`--config.method=di --config.gen_optim.lr=1e-4`). `validate` runs before anything is
-compiled and raises ValueError naming the offending field.
+The configs of this package (`di_jax/configs/*.py`) start from `base_config()` and override fields;
+the command line overrides them again (`--config.method=di --config.gen_optim.lr=1e-4`). Names are
+looked up in the registries: `method` in `di_jax.methods`, `teacher.kind` in `di_jax.teachers`,
+`networks.kind` in `di_jax.nets.families`, `eval.kind` in `di_jax.eval.evaluators`. `validate` runs
+before anything is compiled and raises ValueError naming the offending field.
 """
 
 import ml_collections
 
-from di_jax import diffusion, distances
+from di_jax import diffusion, methods
 
-METHODS = ("di", "sim", "sid", "sds", "dmd")
-# generator-phase noise levels of each method's reference implementation (spec distillation.md §5, §7);
-# used when config.sigma_gen.kind == "auto"
-METHOD_SIGMA_GEN = dict(sim=dict(kind="sim"), di=dict(kind="edm"), sds=dict(kind="edm"),
-                        sid=dict(kind="karras", index_range=(0, 800)),
-                        dmd=dict(kind="karras", index_range=(20, 980)))
+REMAT_MODES = ("none", "generator", "all")   # which networks run under jax.checkpoint (train/remat.py)
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.method = "sim"                      # di | sim | sid | sds | dmd
+    c.method = "sim"                      # a name in di_jax.methods.METHODS: di | sim | sid | sds | dmd
     c.distance = ml_collections.ConfigDict(dict(name="pseudo_huber", c=1.0))   # SIM only; kwargs of the distance
     c.sid_alpha = 1.2                     # SiD only
     c.batch_size = 256                    # global batch, sharded over all devices
     c.num_steps = 1000                    # generator updates
     c.fake_steps = 1                      # fake-score (DSM) updates per generator update
 
-    # noise levels: kind in diffusion.SIGMA_SAMPLERS plus its keyword arguments
-    c.sigma_gen = ml_collections.ConfigDict(dict(kind="sim"))
-    c.sigma_fake = ml_collections.ConfigDict(dict(kind="edm"))
+    # noise levels: kind in diffusion.SIGMA_SAMPLERS plus its keyword arguments; "auto": the method's own
+    c.sigma_gen = ml_collections.ConfigDict(dict(kind="auto"))
+    c.sigma_fake = ml_collections.ConfigDict(dict(kind="auto"))
 
     c.gen_optim = ml_collections.ConfigDict(dict(lr=1e-5, b1=0.0, b2=0.999, eps=1e-8, clip=0.0))
     c.fake_optim = ml_collections.ConfigDict(dict(lr=1e-5, b1=0.0, b2=0.999, eps=1e-8, clip=0.0))
@@ -46,7 +44,8 @@ def base_config() -> ml_collections.ConfigDict:
     # FID during training (image runs): every N steps when `ref` (EDM .npz stats) and `inception`
     # (pytorch-fid weight file) are given
     c.fid = ml_collections.ConfigDict(dict(every=0, num=10000, batch=250, ref="", inception=""))
-    # final evaluation of image runs: kind "digits" writes report.md (embedded classifier FD, coverage)
+    # final evaluation (di_jax.eval.evaluators): "none" | "mixture" (exact metrics against an analytic
+    # teacher) | "digits" (report.md: embedded classifier FD, coverage)
     c.eval = ml_collections.ConfigDict(dict(kind="none", num=1000, heun_steps=18))
     # Performance options (experiments/PERF.md). remat: "none" | "generator" | "all" wraps those networks
     # in jax.checkpoint (less memory, one extra forward each). networks.dtype (EDM networks only):
@@ -58,11 +57,9 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def sigma_gen(config: ml_collections.ConfigDict) -> dict:
-    """The generator phase's sigma sampler as a dict (kind + kwargs); 'auto' picks the method's own."""
-    if config.sigma_gen.kind == "auto":
-        return dict(METHOD_SIGMA_GEN[config.method])
-    return dict(config.sigma_gen)
+def _registered(field: str, value: str, registry) -> None:
+    if value not in registry:
+        raise ValueError(f"config.{field} must be one of {tuple(registry)}; got {value!r}")
 
 
 def _positive(config, path: str) -> None:
@@ -74,12 +71,20 @@ def _positive(config, path: str) -> None:
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
-    """Checks a config before compiling; raises ValueError naming the field."""
-    if config.method not in METHODS:
-        raise ValueError(f"config.method must be one of {METHODS}; got {config.method!r}")
-    if config.method == "sim":
-        kwargs = {k: v for k, v in config.distance.items() if k != "name"}
-        distances.get_distance(config.distance.name, **kwargs)
+    """Checks a config before compiling; raises ValueError naming the field.
+
+    Args:
+      config: a config built from `base_config()`.
+      num_devices: the devices of the mesh the batch is split over.
+    """
+    from di_jax import teachers
+    from di_jax.eval import evaluators  # registries that import networks: loaded on demand
+    from di_jax.nets import families
+
+    methods.get(config.method).options(config)          # unknown method or bad method options
+    _registered("teacher.kind", config.teacher.kind, teachers.TEACHERS)
+    _registered("networks.kind", config.networks.kind, families.FAMILIES)
+    _registered("eval.kind", config.eval.kind, evaluators.EVALUATORS)
     for path in ("batch_size", "num_steps", "fake_steps", "gen_optim.lr", "fake_optim.lr", "log_every",
                  "ckpt_every", "ema.halflife_kimg"):
         _positive(config, path)
@@ -95,7 +100,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the number of "
                          f"devices ({num_devices})")
     for name in ("sigma_gen", "sigma_fake"):
-        allowed = diffusion.SIGMA_SAMPLERS + (("auto",) if name == "sigma_gen" else ())
+        allowed = diffusion.SIGMA_SAMPLERS + ("auto",)
         if config[name].kind not in allowed:
             raise ValueError(f"config.{name}.kind must be one of {allowed}; got {config[name].kind!r}")
     fid = config.get("fid")
@@ -105,9 +110,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
                 raise ValueError(f"config.fid.{key} must be set when config.fid.every > 0")
         _positive(config, "fid.num")
         _positive(config, "fid.batch")
-    if config.get("remat", "none") not in ("none", "generator", "all"):
-        raise ValueError(f"config.remat must be one of ('none', 'generator', 'all'); got {config.remat!r}")
-    if config.networks.get("dtype", "float32") not in ("float32", "bfloat16"):
-        raise ValueError(f"config.networks.dtype must be 'float32' or 'bfloat16'; got {config.networks.dtype!r}")
+    if config.get("remat", "none") not in REMAT_MODES:
+        raise ValueError(f"config.remat must be one of {REMAT_MODES}; got {config.remat!r}")
+    if config.networks.get("dtype", "float32") not in COMPUTE_DTYPES:
+        raise ValueError(f"config.networks.dtype must be one of {COMPUTE_DTYPES}; got {config.networks.dtype!r}")
     if config.ema.rampup < 0:
         raise ValueError(f"config.ema.rampup must be >= 0; got {config.ema.rampup}")

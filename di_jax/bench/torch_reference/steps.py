@@ -24,7 +24,8 @@ from typing import Optional
 
 import torch
 
-from experiments.reference_torch.networks import build_network
+from . import METHODS, PRECISIONS
+from .networks import build_network
 
 SIGMA_DATA = 0.5
 
@@ -60,10 +61,10 @@ class TorchDistillStep:
                  sigma_gen: Optional[tuple] = None, pseudo_huber_c: float = 1.0, lr: float = 1e-5,
                  ema_halflife_kimg: float = 500.0, ema_rampup: float = 0.05, seed: int = 0,
                  teacher: Optional[torch.nn.Module] = None):
-        if method not in ("di", "sim"):
-            raise ValueError(f"torch reference: method must be 'di' or 'sim'; got {method!r}")
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"torch reference: precision must be 'fp32' or 'bf16'; got {precision!r}")
+        if method not in METHODS:
+            raise ValueError(f"torch reference: method must be one of {METHODS}; got {method!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"torch reference: precision must be one of {PRECISIONS}; got {precision!r}")
         torch.manual_seed(seed)
         self.method, self.batch, self.sigma_init, self.device = method, batch, sigma_init, torch.device(device)
         self.precision, self.c = precision, pseudo_huber_c

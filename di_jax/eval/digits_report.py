@@ -18,8 +18,8 @@ import numpy as np
 
 from di_jax import datasets
 from di_jax.eval import digits as digits_eval
+from di_jax.eval.pictures import image_grid_png
 from di_jax.sampling import sample_network
-from di_jax.train.visualise import image_grid_png
 
 
 def _timed(fn: Callable, *args) -> tuple:

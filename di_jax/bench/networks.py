@@ -1,0 +1,74 @@
+"""The named networks of `di-jax bench`: EDM network configs, the generator's sigma_init, random weights.
+
+A name selects a network config dict (for `di_jax.nets.build_network` and for the PyTorch reference's
+`torch_reference.networks.build_network`, which read the same keys) and the sigma_init of the
+one-step generator built from it (DI Table 7). Throughput does not depend on the weights, so the
+benchmark runs random ones.
+"""
+
+from typing import Dict, Optional, Tuple
+
+
+class BenchError(ValueError):
+    """A bad command-line value: printed as one line, exit status 2."""
+
+
+# Smallest useful SongUNet (one level, attention in dec.8x8_in0, labels), for tests: XLA's CPU compile
+# time of the full step grows with the number of blocks, not with their width.
+TINY = dict(precond="VPPrecond", model_type="SongUNet", img_resolution=8, img_channels=3, label_dim=10,
+            augment_dim=0, model_channels=16, channel_mult=[1], num_blocks=1, attn_resolutions=[8],
+            dropout=0.1, embedding_type="positional", channel_mult_noise=1, encoder_type="standard",
+            decoder_type="standard", resample_filter=[1, 1])
+
+# name -> (preset in di_jax.nets.presets, or None for TINY; sigma_init of the generator)
+NETWORKS: Dict[str, Tuple[Optional[str], float]] = {
+    "cifar10-ddpmpp": ("cifar10-32x32-cond-vp", 2.5),       # official DDPM++ cond VP, 55.7M params
+    "cifar10-ddpmpp-uncond": ("cifar10-32x32-uncond-vp", 2.5),
+    "imagenet64-adm": ("imagenet-64x64-cond-adm", 5.0),     # official ADM, 296M params
+    "tiny": (None, 2.5),
+}
+
+
+def _check(name: str) -> None:
+    if name not in NETWORKS:
+        raise BenchError(f"unknown network config {name!r}; choose from {sorted(NETWORKS)}")
+
+
+def network_config(name: str) -> dict:
+    """The network config dict of a bench name (float32; `use_fp16` dropped).
+
+    Args:
+      name: one of `NETWORKS`.
+    """
+    _check(name)
+    preset, _ = NETWORKS[name]
+    if preset is None:
+        return dict(TINY)
+    from di_jax.nets.presets import edm_config_presets
+    cfg = dict(edm_config_presets()[preset])
+    cfg.pop("use_fp16", None)
+    return cfg
+
+
+def sigma_init(name: str) -> float:
+    """The generator's sigma_init for the network `name` (DI Table 7)."""
+    _check(name)
+    return NETWORKS[name][1]
+
+
+def random_params(module, net_cfg: dict, seed: int = 0):
+    """Random parameters of an EDM network built from `net_cfg` (throughput does not depend on them).
+
+    Args:
+      module: the Flax module, `di_jax.nets.build_network(net_cfg)`.
+      net_cfg: its config dict (image resolution, channels, label_dim).
+      seed: the PRNG seed.
+    """
+    import jax
+    import numpy as np
+
+    res, ch, label_dim = net_cfg["img_resolution"], net_cfg["img_channels"], net_cfg.get("label_dim", 0)
+    x = np.zeros((1, ch, res, res), np.float32)
+    labels = np.zeros((1, label_dim), np.float32) if label_dim else None
+    init = jax.jit(lambda k: module.init(k, x, np.ones((1,), np.float32), class_labels=labels)["params"])
+    return init(jax.random.PRNGKey(seed))
