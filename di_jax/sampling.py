@@ -95,7 +95,16 @@ def one_step_generate(generator_apply: Callable, params: Any, z: jax.Array, sigm
 
 def sample_network(net: Any, params: Any, latents: jax.Array, key: Optional[jax.Array] = None, class_labels=None,
                    **sampler_kwargs) -> Any:
-    """`edm_sampler` for a `di_jax.nets.Precond` module: its sigma range and round_sigma (iDDPM) applied."""
+    """`edm_sampler` for a `di_jax.nets.Precond` module: its sigma range and round_sigma (iDDPM) applied.
+
+    Args:
+      net: the preconditioned EDM module (`di_jax.convert.load_teacher`).
+      params: its parameters.
+      latents: N(0, I) draws [N, C, H, W], scaled by the first sigma inside.
+      key: rng for stochastic sampling (S_churn > 0).
+      class_labels: one-hot [N, label_dim] for conditional networks.
+      **sampler_kwargs: `edm_sampler` options (num_steps, solver, sigma_min/max, rho, S_*).
+    """
     denoise = lambda x, sigma, labels: net.apply({"params": params}, x, sigma, class_labels=labels)
     rs = None
     if net.precond == "iDDPMPrecond":
@@ -108,7 +117,15 @@ def generate_samples(nets: Any, params: Any, num: int, seed: int = 1234, batch: 
     """`num` one-step samples of a run's generator (`nets.generate`) with latents fixed by `seed`.
 
     The latents of samples i..i+batch are drawn from fold_in(PRNGKey(seed), i), so pictures of
-    different steps (and runs) are comparable. `labels`: one-hot [num, label_dim] or None.
+    different steps (and runs) are comparable.
+
+    Args:
+      nets: the run's `Networks` (`di_jax.nets.families`).
+      params: generator parameters (e.g. `state.ema_params`).
+      num: number of samples.
+      seed: latent seed.
+      batch: samples per compiled call.
+      labels: one-hot [num, label_dim], or None for unconditional generators.
     """
     gen = jax.jit(lambda p, z, l: nets.generate(p, z, l, None))
     out = []

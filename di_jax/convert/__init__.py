@@ -119,6 +119,11 @@ def read_checkpoint(path: str | os.PathLike, config: Mapping[str, Any] | None = 
     """(state_dict, config) of a checkpoint; `config` entries override the recorded/inferred ones.
 
     The state_dict is checked strictly against the config (every key, shape; `catalogue`).
+
+    Args:
+      path: an EDM `.pkl`, a torch `.pt` zip or a `.safetensors` file.
+      config: network config entries overriding what the file records or its shapes imply.
+      use_torch: read `.pt` zips with torch (default: if installed).
     """
     state_dict, recorded = read_state_dict(path, use_torch)
     for key, value in state_dict.items():
@@ -143,7 +148,14 @@ def _flax_params(state_dict, config) -> Any:
 
 def convert_checkpoint(in_path: str | os.PathLike, out_dir: str | os.PathLike,
                        config: Mapping[str, Any] | None = None, use_torch: bool | None = None) -> dict:
-    """Write `out_dir/params` (orbax) and `out_dir/config.json` for a checkpoint; returns the config."""
+    """Write `out_dir/params` (orbax) and `out_dir/config.json` for a checkpoint; returns the config.
+
+    Args:
+      in_path: an EDM `.pkl`, a torch `.pt` zip or a `.safetensors` file.
+      out_dir: a new directory (refused if it already holds a conversion).
+      config: network config entries overriding the recorded / inferred ones.
+      use_torch: read `.pt` zips with torch (default: if installed).
+    """
     import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
 
     out_dir = os.path.abspath(os.fspath(out_dir))
@@ -193,7 +205,15 @@ def _to_numpy_tree(tree):
 
 def load_teacher(path: str | os.PathLike, config: Mapping[str, Any] | None = None,
                  use_torch: bool | None = None) -> tuple[Any, Any]:
-    """(Flax module, params) from a converted directory or a raw .pkl / .pt / .safetensors file."""
+    """(Flax module, params) from a converted directory or a raw .pkl / .pt / .safetensors file.
+
+    Args:
+      path: a directory written by `convert_checkpoint` (or `di-jax convert`), an official EDM
+        `.pkl` snapshot (read without executing it), a torch `.pt` zip or a `.safetensors` file.
+      config: network config entries overriding the recorded / inferred ones (raw files only).
+      use_torch: read `.pt` zips with torch (default: if installed); both readers give equal arrays.
+    Raises: CheckpointError (one line) for unreadable, unsafe or mismatching checkpoints.
+    """
     from di_jax.nets import build_network  # pylint: disable=import-outside-toplevel
 
     if os.path.isdir(path) and os.path.exists(os.path.join(path, CONFIG_FILE)):

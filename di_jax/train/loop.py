@@ -123,7 +123,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 writer.write_scalars(done, scalars)
                 if bar is not None:
-                    bar.set_postfix(fake_loss=f"{scalars['fake_loss']:.3g}", skipped=int(scalars["skipped_gen"]))
+                    shown = {k.split("/")[-1]: f"{v:.3g}" for k, v in scalars.items()
+                             if k in ("fake_loss", "gen/denoiser_gap", "gen/eps_gap")}
+                    bar.set_postfix(skipped=int(scalars["skipped_gen"]), **shown)
             if fid_eval is not None and done % config.fid.every == 0 and jax.process_index() == 0:
                 scores = fid_eval(state)
                 log.info("step %d: FID %.3f (IS %.3f) over %d samples", done, scores["fid"],
