@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from di_jax.nets.mlp import MLPDenoiser, MLPGenerator
+from di_jax.sampling import one_step_generate
 from di_jax.teachers.base import Teacher
 
 PyTree = Any
@@ -76,7 +77,7 @@ def teacher_copy_networks(cfg, teacher: Teacher) -> Networks:
     denoise = teacher.denoise
 
     def generate(params, z, labels, rng=None):
-        return denoise(params, sigma_init * z, jnp.full((z.shape[0],), sigma_init, z.dtype), labels, rng)
+        return one_step_generate(lambda p, x, s, l: denoise(p, x, s, l, rng), params, z, sigma_init, labels)
 
     copy = lambda rng, teacher_params: jax.tree.map(jnp.array, teacher_params)
     shape = tuple(teacher.data_shape)
