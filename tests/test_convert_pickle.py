@@ -145,7 +145,7 @@ def test_payload_in_torch_zip_refused(tmp_path, use_torch):
             if info.filename.endswith("data.pkl"):
                 data = pickle.dumps({"w": _payloads(marker)["os.system"][0]}, protocol=2)
             dst.writestr(info, data)
-    match = "refused global 'posix.system'" if not use_torch else "torch.load refused"
+    match = "refused global 'posix.system'"  # with torch too: the archive is validated before torch.load sees it
     with pytest.raises(CheckpointError, match=match):
         torch_zip.read_zip(evil, use_torch=use_torch)
     assert not marker.exists()

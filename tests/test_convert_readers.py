@@ -11,6 +11,7 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 
 from di_jax.convert import (  # noqa: E402
     CheckpointError,
+    infer_config,
     read_checkpoint,
     read_state_dict,
     torch_zip,  # noqa: E402
@@ -114,7 +115,7 @@ def test_iddpm_precond_inferred_from_u(tmp_path, data_dir):
 def test_resample_filter_taps(taps):
     r = np.asarray(taps, np.float32)
     f = (np.outer(r, r) / r.sum() ** 2)[None, None]
-    assert config_lib._filter_taps(f, "k") == taps  # pylint: disable=protected-access
+    assert infer_config._filter_taps(f, "k") == taps  # pylint: disable=protected-access
 
 
 def test_inference_distinguishes_encoder_decoder_and_embedding(data_dir):
@@ -124,7 +125,7 @@ def test_inference_distinguishes_encoder_decoder_and_embedding(data_dir):
     sd["model.map_noise.freqs"] = np.zeros(8, np.float32)
     sd["model.enc.8x8_aux_residual.weight"] = np.zeros((32, 3, 3, 3), np.float32)
     sd["model.dec.8x8_aux_up.resample_filter"] = np.full((1, 1, 2, 2), 0.25, np.float32)
-    inferred = config_lib.infer_config(sd)
+    inferred = infer_config.infer_config(sd)
     assert inferred["embedding_type"] == "fourier"
     assert inferred["encoder_type"] == "residual" and inferred["decoder_type"] == "skip"
     assert inferred["channel_mult"] == cfg["channel_mult"] and inferred["num_blocks"] == cfg["num_blocks"]

@@ -3,14 +3,18 @@
 Built by replaying the constructors of spec edm_architecture.md sections 2-4 (module
 registration order = state_dict order). Used to check a checkpoint strictly against its config
 before any mapping (missing / unexpected / wrong-shape tensors, in one error), and to count
-parameters against the published sizes (section 6).
+parameters against the published sizes (section 6). Also: the value check every reader applies
+(`check_values`: NaN, +-inf and |x| > 1e19 refused by default) and the names of snapshot layouts
+that are not EDM diffusion snapshots (`describe_layout`).
 """
 
 import collections
 import math
 from typing import Mapping
 
-from di_jax.convert.unpickle import CheckpointError
+import numpy as np
+
+from di_jax.convert.errors import CheckpointError, clean
 
 Shapes = "collections.OrderedDict[str, tuple[int, ...]]"
 BUFFERS = ("resample_filter", "freqs")  # plus iDDPM's top-level `u`
@@ -144,7 +148,7 @@ def check_state_dict(state_dict: Mapping, config: Mapping) -> None:
     """Raise one `CheckpointError` listing every missing, unexpected and wrongly shaped tensor."""
     want = expected_shapes(config)
     missing = [k for k in want if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in want]
+    unexpected = [clean(k, 120) for k in state_dict if k not in want]  # untrusted keys
     wrong = [f"{k} {tuple(state_dict[k].shape)} (expected {want[k]})" for k in want
              if k in state_dict and tuple(state_dict[k].shape) != want[k]]
     if missing or unexpected or wrong:
@@ -153,3 +157,81 @@ def check_state_dict(state_dict: Mapping, config: Mapping) -> None:
                  if (n := len(keys))]
         raise CheckpointError(f"checkpoint does not match the {config['precond']}/{config['model_type']} "
                               f"config: " + "; ".join(parts))
+
+
+# ---------------------------------------------------------------- tensor values
+
+# |x| above this is refused like NaN/inf: its square overflows float32 (max 3.4e38), so the first
+# GroupNorm variance or attention logit it reaches is inf/NaN; no trained weight comes near it.
+MAX_ABS_VALUE = 1e19
+_CHUNK = 1 << 22  # elements scanned at a time: bounded temporaries (16 MiB) for any tensor size
+
+
+def value_problems(tensors: Mapping) -> "tuple[int, int, int, int, str | None]":
+    """(NaN, +-inf, |x| > MAX_ABS_VALUE, tensors affected, first affected key) over floating tensors."""
+    nan = inf = big = affected = 0
+    first = None
+    for key, value in tensors.items():
+        a = getattr(value, "dtype", None)
+        if a is None or a.kind not in "fc":
+            continue
+        flat = value.reshape(-1)
+        mag_max = np.finfo(a).max  # float16 cannot even hold the bound: there only NaN / inf count
+        limit = np.asarray(min(MAX_ABS_VALUE, float(mag_max)), np.abs(flat[:1]).dtype)
+        t_nan = t_inf = t_big = 0
+        for i in range(0, flat.size, _CHUNK):
+            part = flat[i:i + _CHUNK]
+            mag = np.abs(part)
+            bad = ~(mag <= limit)  # NaN compares False: counted as bad
+            if bad.any():
+                n_nan = int(np.count_nonzero(np.isnan(part)))
+                n_inf = int(np.count_nonzero(np.isinf(part)))
+                t_nan, t_inf = t_nan + n_nan, t_inf + n_inf
+                t_big += int(np.count_nonzero(bad)) - n_nan - n_inf
+        if t_nan or t_inf or t_big:
+            nan, inf, big, affected = nan + t_nan, inf + t_inf, big + t_big, affected + 1
+            first = first if first is not None else key
+    return nan, inf, big, affected, first
+
+
+def check_values(tensors: Mapping, allow_nonfinite: bool = False, where: str = "checkpoint") -> None:
+    """Refuse NaN, +-inf and |x| > MAX_ABS_VALUE in floating tensors unless `allow_nonfinite`."""
+    if allow_nonfinite:
+        return
+    nan, inf, big, affected, first = value_problems(tensors)
+    if nan or inf or big:
+        bound = f"{MAX_ABS_VALUE:.0e}".replace("e+", "e")
+        counts = ", ".join(f"{n} {what}" for n, what in ((nan, "NaN"), (inf, "infinite"), (big, f"with |x| > {bound}"))
+                           if n)
+        raise CheckpointError(f"{where} holds {nan + inf + big} unusable weight values ({counts}) in {affected} "
+                              f"tensor(s), first {str(first)[:120]!r}; pass allow_nonfinite=True "
+                              "(di-jax convert --allow-nonfinite) to load them anyway")
+
+
+# ---------------------------------------------------------------- other snapshot layouts
+
+# Top-level keys of pickled training snapshots that are not EDM diffusion snapshots: layout name,
+# keys that identify it (all present), what reads it.
+FOREIGN_LAYOUTS = (
+    ("a StyleGAN2-ADA / StyleGAN3 network snapshot", ("G", "D", "G_ema"),
+     "DI's GAN refinement reader (issue 16) will read it; the diffusion-teacher converter does not"),
+)
+
+
+def describe_layout(top: object) -> "str | None":
+    """One line naming a known non-EDM snapshot layout from an unpickled top-level dict, else None.
+
+    Looks only at string keys (membership tests, no hashing or printing of untrusted keys).
+    """
+    if not isinstance(top, dict):
+        return None
+    for name, keys, reader in FOREIGN_LAYOUTS:
+        if all(k in top for k in keys):
+            present = []
+            for k in top:  # at most 8 short string keys named
+                if isinstance(k, str) and len(k) <= 40 and k.isprintable():
+                    present.append(k)
+                    if len(present) == 8:
+                        break
+            return f"pickle is {name} (top-level keys {', '.join(present)}), not an EDM diffusion snapshot: {reader}"
+    return None

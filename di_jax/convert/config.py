@@ -1,215 +1,297 @@
-"""Network config of a checkpoint: from `_init_kwargs` (`.pkl`) or inferred from key names/shapes.
+"""Network configs: the typed validator every config from outside goes through, and its JSON forms.
 
 A config is a plain JSON-able dict of the official constructor argument names (spec
-edm_architecture.md sections 2-4) plus `precond` (wrapper class name) and `model_type`. A plain
-state_dict does not record the wrapper, so `precond` is inferred only for iDDPM (its `u`
-buffer); other plain checkpoints need it given explicitly (`--config '{"precond": ...}'`).
-Dropout cannot be read from weights: inferred configs leave it at the class default.
+edm_architecture.md sections 2-4) plus `precond` (wrapper class name) and `model_type`; one that
+a file does not record is inferred from the weights (`infer_config`).
+
+Every config from outside — command-line / API overrides, a pickle's `_init_kwargs`, safetensors
+metadata, a converted directory's config.json — goes through the same typed validator
+(`check_keys`, called by `complete`): each key has a type (int / float / str / list of ints;
+a bool is not an int), a range and, for strings, the allowed values (`SPECS`). The ranges admit
+every official preset with a wide margin and bound everything that sizes a loop or an allocation
+(`LIMITS`): a bad value is a one-line `CheckpointError` before any network is built or any array
+allocated. Values are only ever described in messages through `errors.describe` (type and size,
+short strings escaped and truncated), never through repr/str of an untrusted structure.
 """
 
 import json
 import math
 import os
-import re
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from di_jax.convert.unpickle import CheckpointError
+from di_jax.convert import catalogue
+from di_jax.convert.errors import CheckpointError, describe
 from di_jax.nets import CONFIG_KEYS, DEFAULT_MODEL, PRECONDS, UNET_KEYS, unet_defaults
 
 MODEL_TYPES = tuple(UNET_KEYS)
 # Constructor defaults (sections 2 and 3), read from the Flax UNets.
 DEFAULTS = {model_type: unet_defaults(model_type) for model_type in MODEL_TYPES}
 KNOWN_KEYS = CONFIG_KEYS
-# Architecture keys that a state_dict determines (checked against `_init_kwargs`).
-_CHECKED = ("model_type", "img_resolution", "img_channels", "label_dim", "augment_dim", "model_channels",
-            "channel_mult", "channel_mult_emb", "num_blocks", "channel_mult_noise", "embedding_type",
-            "encoder_type", "decoder_type", "resample_filter")
+
+# Bounds on what sizes loops and allocations. The official networks (spec section 6) use resolution
+# <= 64, model_channels <= 192, channel_mult entries <= 4 over <= 4 levels, num_blocks <= 4,
+# label_dim <= 1000, augment_dim 9, M 1000; the bounds leave one to three orders of magnitude.
+LIMITS = dict(
+    resolution=4096,          # img_resolution and attn_resolutions entries (2^12: beyond any released model)
+    img_channels=4096,        # image / latent channels (RGB 3, latents 4-16)
+    model_channels=4096,      # base width (official 128-192; EDM2-XXL 448)
+    mult=64,                  # channel_mult entries, channel_mult_emb, channel_mult_noise (official <= 4)
+    levels=13,                # len(channel_mult): 4096 halves 12 times down to 1x1
+    num_blocks=64,            # blocks per level (official 3-4); the key catalogue loops over them
+    label_dim=100_000,        # classes (ImageNet-21k has 21,841)
+    augment_dim=1024,         # augmentation labels (official 9)
+    filter_taps=16,           # resample_filter length (official 2 or 4)
+    M=100_000,                # iDDPM grid size (official 1000); `iddpm_u` loops M times in Python
+    parameters=1 << 32,       # whole network incl. buffers (4.3e9 elements = 16 GiB float32; EDM2-XXL 1.5e9)
+    list_items=64,            # any list value in a config (channel_mult, attn_resolutions, resample_filter)
+    nesting=4,                # config -> list -> number is depth 2; deeper structures are refused unread
+    nodes=4096,               # values visited in one config (~30 keys, lists <= 64)
+    magnitude=1e6,            # |float| of sigma_data, sigma_min/max, resample_filter taps
+)
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 
-def to_jsonable(value: Any) -> Any:
-    """numpy scalars/arrays, tuples and dict subclasses -> plain JSON types."""
-    if isinstance(value, Mapping):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return to_jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    raise CheckpointError(f"config value {value!r} ({type(value).__name__}) is not a plain value")
+def to_jsonable(value: Any, what: str = "config") -> Any:
+    """numpy scalars/arrays, tuples and dict subclasses -> plain JSON types, within `LIMITS`.
+
+    Refuses (one-line `CheckpointError`) non-string keys, anything nested deeper than
+    `LIMITS['nesting']`, lists longer than `LIMITS['list_items']` and more than `LIMITS['nodes']`
+    values in all: a self-containing, deeply nested or memo-shared ("billion laughs") structure
+    is refused after a bounded walk, without hashing, printing or copying it.
+    """
+    budget = [LIMITS["nodes"]]
+
+    def walk(v, depth, where):
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise CheckpointError(f"{what} holds more than {LIMITS['nodes']} values: not a network config")
+        if depth > LIMITS["nesting"]:
+            raise CheckpointError(f"{what} is nested more than {LIMITS['nesting']} levels deep at {where!r}: "
+                                  "not a network config")
+        if isinstance(v, Mapping):
+            out = {}
+            for k in v:
+                if not isinstance(k, str):
+                    raise CheckpointError(f"{what} has a key that is {describe(k)}, not a string")
+                out[str(k)] = walk(v[k], depth + 1, f"{where}.{k[:40]}" if where else k[:40])
+            return out
+        if isinstance(v, np.ndarray):
+            if v.size > LIMITS["list_items"] or v.ndim > 1 or v.dtype.kind not in "biuf":
+                raise CheckpointError(f"{what} entry {where or 'value'!r} is {describe(v)}, not a short list of "
+                                      "numbers")
+            v = v.tolist()
+        if isinstance(v, (list, tuple)):
+            if len(v) > LIMITS["list_items"]:
+                raise CheckpointError(f"{what} entry {where or 'value'!r} is {describe(v)}: more than "
+                                      f"{LIMITS['list_items']}")
+            return [walk(x, depth + 1, f"{where}[{i}]") for i, x in enumerate(v)]
+        if isinstance(v, np.generic) and v.dtype.kind in "biuf":
+            return v.item()
+        if v is None or isinstance(v, (bool, int, float)):
+            return v
+        if isinstance(v, str):
+            return str(v)
+        raise CheckpointError(f"{what} entry {where or 'value'!r} is {describe(v)}, not a plain value")
+
+    return walk(value, 0, "")
 
 
-def complete(config: Mapping[str, Any]) -> dict:
-    """Validate a config and fill the class defaults; returns a new JSON-able dict."""
-    config = to_jsonable(config)
+# ---------------------------------------------------------------- typed validation of every key
+
+Check = Callable[[Any], bool]
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _interval(lo, hi, lo_open=False, hi_open=False) -> str:
+    return f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+
+
+def _int(lo: int, hi: int) -> tuple[Check, str]:
+    return (lambda v: _is_int(v) and lo <= v <= hi), f"an integer in [{lo}, {hi}]"
+
+
+def _num(lo: float, hi: float, lo_open=False, hi_open=False, inf=False, null=False) -> tuple[Check, str]:
+    def ok(v):
+        if null and v is None:
+            return True
+        if inf and (v == "inf" or (isinstance(v, float) and v == math.inf)):
+            return True
+        return (_is_num(v) and math.isfinite(v) and (lo < v if lo_open else lo <= v)
+                and (v < hi if hi_open else v <= hi))
+    desc = f"a finite number in {_interval(lo, hi, lo_open, hi_open)}"
+    return ok, desc + (" or Infinity" if inf else "") + (" or null" if null else "")
+
+
+def _choice(options: tuple) -> tuple[Check, str]:
+    return (lambda v: isinstance(v, str) and v in options), "one of " + ", ".join(map(repr, options))
+
+
+def _bool() -> tuple[Check, str]:
+    return (lambda v: isinstance(v, bool)), "true or false"
+
+
+def _list(item: Check, item_desc: str, min_len: int, max_len: int) -> tuple[Check, str]:
+    def ok(v):
+        return isinstance(v, list) and min_len <= len(v) <= max_len and all(item(x) for x in v)
+    ok.item = item  # lets a message point at the first bad item
+    return ok, f"a list of {min_len}..{max_len} {item_desc}"
+
+
+_L = LIMITS
+_POS_FLOAT = _num(0, _L["magnitude"], lo_open=True)
+# key -> (check, description). Every key a config may hold has one (asserted below).
+SPECS: dict[str, tuple[Check, str]] = {
+    "precond": _choice(PRECONDS),
+    "model_type": _choice(MODEL_TYPES),
+    "img_resolution": _int(1, _L["resolution"]),
+    "img_channels": _int(1, _L["img_channels"]),
+    "label_dim": _int(0, _L["label_dim"]),
+    "augment_dim": _int(0, _L["augment_dim"]),
+    "model_channels": _int(1, _L["model_channels"]),
+    "channel_mult": _list(lambda x: _is_int(x) and 1 <= x <= _L["mult"], f"integers in [1, {_L['mult']}]",
+                          1, _L["levels"]),
+    "channel_mult_emb": _int(1, _L["mult"]),
+    "channel_mult_noise": _int(1, _L["mult"]),
+    "num_blocks": _int(0, _L["num_blocks"]),
+    "attn_resolutions": _list(lambda x: _is_int(x) and 1 <= x <= _L["resolution"],
+                              f"integers in [1, {_L['resolution']}]", 0, _L["list_items"]),
+    "dropout": _num(0, 1),
+    "label_dropout": _num(0, 1),
+    "embedding_type": _choice(("positional", "fourier")),
+    "encoder_type": _choice(("standard", "skip", "residual")),
+    "decoder_type": _choice(("standard", "skip")),
+    "resample_filter": _list(lambda x: _is_num(x) and math.isfinite(x) and 0 < x <= _L["magnitude"],
+                             f"finite numbers in (0, {_L['magnitude']:g}]", 1, _L["filter_taps"]),
+    "use_fp16": _bool(),
+    "dtype": _choice(COMPUTE_DTYPES),
+    "sigma_data": _POS_FLOAT,
+    "beta_d": _num(0, 1000, lo_open=True),       # VP: exp(beta_d / 2 + beta_min) must stay finite
+    "beta_min": _num(0, 1000),
+    "M": _int(1, _L["M"]),
+    "epsilon_t": _num(0, 1, lo_open=True),
+    "C_1": _num(0, 1, lo_open=True),
+    "C_2": _num(0, 1),
+    "sigma_min": _num(0, _L["magnitude"], null=True),
+    "sigma_max": _num(0, _L["magnitude"], lo_open=True, inf=True, null=True),
+}
+assert set(SPECS) == set(CONFIG_KEYS), sorted(set(SPECS) ^ set(CONFIG_KEYS))
+
+
+def check_keys(config: Any, what: str = "config") -> dict:
+    """Typed validation of every key present (no defaults filled); returns the JSON-able dict.
+
+    Args:
+      config: a mapping of config keys (partial configs, e.g. overrides, are fine).
+      what: how messages name the source ("config override", "config.json", ...).
+    Raises: CheckpointError (one line) for a non-mapping, an unknown key or a bad value.
+    """
+    if not isinstance(config, Mapping):
+        raise CheckpointError(f"{what} must be an object of config entries; got {describe(config)}")
+    config = to_jsonable(config, what)
     unknown = sorted(set(config) - KNOWN_KEYS)
     if unknown:
-        raise CheckpointError(f"unknown config keys {unknown}; known: {sorted(KNOWN_KEYS)}")
+        shown = [describe(k) for k in unknown[:5]]
+        raise CheckpointError(f"unknown config keys [{', '.join(shown)}{', ...' if len(unknown) > 5 else ''}] "
+                              f"in {what}; known: {sorted(KNOWN_KEYS)}")
+    for key, value in config.items():
+        ok, desc = SPECS[key]
+        if not ok(value):
+            got = describe(value)
+            bad = [i for i, x in enumerate(value) if not ok.item(x)] if isinstance(value, list) and hasattr(
+                ok, "item") else []
+            if bad:
+                got += f" whose item {bad[0]} is {describe(value[bad[0]])}"
+            raise CheckpointError(f"{what} {key!r} must be {desc}; got {got}")
+    return config
+
+
+def _check_combination(c: dict, what: str) -> None:
+    """Cross-key constraints of a completed config, then the size of the network it describes."""
+    levels = len(c["channel_mult"])
+    if c["img_resolution"] % (1 << (levels - 1)):
+        raise CheckpointError(f"{what}: img_resolution {c['img_resolution']} cannot be halved "
+                              f"{levels - 1} times for {levels} channel_mult levels")
+    noise = c["model_channels"] * (c.get("channel_mult_noise", 1) if c["model_type"] == "SongUNet" else 1)
+    if noise % 2:
+        raise CheckpointError(f"{what}: the noise embedding width {noise} (model_channels x channel_mult_noise) "
+                              "must be even")
+    lo, hi = c.get("sigma_min"), c.get("sigma_max")
+    if _is_num(lo) and _is_num(hi) and not lo < hi:
+        raise CheckpointError(f"{what}: sigma_min {lo:g} must be below sigma_max {hi:g}")
+    params, buffers = catalogue.count_parameters(catalogue.expected_shapes(c))
+    if params + buffers > LIMITS["parameters"]:
+        raise CheckpointError(f"{what} describes a network of {params + buffers:.3g} parameters, more than the "
+                              f"{LIMITS['parameters']:.3g} allowed")
+
+
+def complete(config: Mapping[str, Any], what: str = "config") -> dict:
+    """Validate a config and fill the class defaults; returns a new JSON-able dict."""
+    config = check_keys(config, what)
     precond = config.get("precond")
-    if precond not in PRECONDS:
-        raise CheckpointError(f"config 'precond' must be one of {PRECONDS}; got {precond!r}")
+    if precond is None:
+        raise CheckpointError(f"{what} needs 'precond' (one of {', '.join(PRECONDS)})")
     model_type = config.setdefault("model_type", DEFAULT_MODEL[precond])
-    if model_type not in MODEL_TYPES:
-        raise CheckpointError(f"config 'model_type' must be one of {MODEL_TYPES}; got {model_type!r}")
     for key in ("img_resolution", "img_channels"):
-        if not isinstance(config.get(key), int) or config[key] <= 0:
-            raise CheckpointError(f"config needs a positive integer {key!r}; got {config.get(key)!r}")
+        if key not in config:
+            raise CheckpointError(f"{what} needs a positive integer {key!r}")
     song_only = sorted(set(config) & (set(DEFAULTS["SongUNet"]) - set(DEFAULTS["DhariwalUNet"])))
     if model_type == "DhariwalUNet" and song_only:
         raise CheckpointError(f"config keys {song_only} apply to SongUNet only, not DhariwalUNet")
-    return {**DEFAULTS[model_type], **config}
+    config = {**DEFAULTS[model_type], **config}
+    _check_combination(config, what)
+    return config
 
 
 def from_init_kwargs(precond: str, init_kwargs: Mapping[str, Any]) -> dict:
     """Config of a `.pkl` snapshot: the wrapper's `_init_kwargs` plus its class name."""
-    return complete({**to_jsonable(init_kwargs), "precond": precond})
+    what = "pickled _init_kwargs"
+    return complete({**check_keys(init_kwargs, what), "precond": precond}, what)
+
+
+def _read_config_file(path: str) -> str:
+    """A config file's text: regular files only, at most `files.CONFIG_MAX_BYTES`."""
+    from di_jax.convert import files  # pylint: disable=import-outside-toplevel
+
+    data = files.read_regular_bytes(path, files.CONFIG_MAX_BYTES, "config file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CheckpointError(f"config file {path} is not UTF-8 text") from None
+
+
+def parse_json_object(text: str, what: str = "config") -> dict:
+    """A JSON object from text; one-line `CheckpointError` for bad, deeply nested or non-object JSON."""
+    try:
+        config = json.loads(text)
+    except RecursionError:
+        raise CheckpointError(f"{what} JSON is nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, or an integer literal too long to convert
+        raise CheckpointError(f"{what} is not valid JSON ({' '.join(str(e).split())[:200]})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{what} JSON must be an object; got {describe(config)}")
+    return config
 
 
 def load_json(text_or_path: str | os.PathLike) -> dict:
-    """A config given on the command line: a JSON object, or the path of a file holding one."""
-    text = str(text_or_path)
-    if not text.lstrip().startswith("{"):
-        try:
-            with open(text) as f:
-                text = f.read()
-        except OSError as e:
-            raise CheckpointError(f"cannot read config file {str(text_or_path)!r}: {e.strerror}") from None
-    try:
-        config = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"config is not valid JSON ({e})") from None
-    if not isinstance(config, dict):
-        raise CheckpointError("config JSON must be an object")
-    return config
+    """A config given on the command line: a JSON object, or the path of a file holding one.
 
-
-# ---------------------------------------------------------------- inference from a state_dict
-
-_LEVEL = re.compile(r"model\.(enc|dec)\.(\d+)x(\d+)_([a-z_]+?)(\d*)\.")
-
-
-def _shape(sd, key) -> tuple:
-    return tuple(sd[key].shape)
-
-
-def infer_config(sd: Mapping[str, np.ndarray]) -> dict:
-    """Architecture of an EDM wrapper's state_dict, read from key names and shapes (section 5).
-
-    Returns the inferred keys only (plus `precond` for iDDPM); `complete` fills the rest.
+    A file must be a regular file of at most 1 MiB (not a FIFO, a device such as /dev/zero or a
+    directory); the object is checked key by key (`check_keys`).
     """
-    strays = [k for k in sd if k != "u" and not k.startswith("model.")]
-    if strays:
-        raise CheckpointError(f"not an EDM network state_dict: {len(strays)} keys lack the 'model.' "
-                              f"prefix (e.g. {strays[0]!r})")
-    if "model.out_conv.weight" in sd:
-        model_type = "DhariwalUNet"
-    elif any(k.endswith("_aux_conv.weight") for k in sd):
-        model_type = "SongUNet"
-    else:
-        raise CheckpointError("not an EDM network state_dict: neither DhariwalUNet 'model.out_conv' nor "
-                              "SongUNet 'model.dec.*_aux_conv' weights present")
-    blocks: dict[tuple[str, int], set] = {}  # (enc|dec, res) -> block indices
-    for key in sd:
-        m = _LEVEL.match(key)
-        if m:
-            if m.group(2) != m.group(3):
-                raise CheckpointError(f"non-square level name in {key!r}")
-            names = blocks.setdefault((m.group(1), int(m.group(2))), set())
-            if m.group(4) == "block":
-                names.add(int(m.group(5)))
-    res_all = sorted({r for _, r in blocks}, reverse=True)
-    if not res_all:
-        raise CheckpointError("not an EDM network state_dict: no 'model.enc.{R}x{R}_*' keys")
-    R = res_all[0]
-    if res_all != [R >> l for l in range(len(res_all))]:
-        raise CheckpointError(f"level resolutions {res_all} are not successive halvings")
-    cfg: dict[str, Any] = {"model_type": model_type, "img_resolution": R}
-    conv = f"model.enc.{R}x{R}_conv.weight"
-    if conv not in sd or len(_shape(sd, conv)) != 4:
-        raise CheckpointError(f"missing or malformed first encoder conv {conv!r}")
-    cfg["img_channels"] = _shape(sd, conv)[1]
-    if "model.map_layer0.weight" not in sd:
-        raise CheckpointError("missing 'model.map_layer0.weight'")
-    emb, noise = _shape(sd, "model.map_layer0.weight")
-    mc = noise if model_type == "DhariwalUNet" else _shape(sd, conv)[0]
-    cfg["model_channels"] = mc
-    cfg["channel_mult_emb"] = _ratio(emb, mc, "embedding width")
-    if model_type == "SongUNet":
-        cfg["channel_mult_noise"] = _ratio(noise, mc, "noise-embedding width")
-    dec_blocks = blocks.get(("dec", R), set())
-    if not dec_blocks or dec_blocks != set(range(len(dec_blocks))):
-        raise CheckpointError(f"decoder blocks at {R}x{R} are missing or not numbered 0..n")
-    cfg["num_blocks"] = len(dec_blocks) - 1
-    mult = []
-    for r in res_all:
-        key = f"model.dec.{r}x{r}_block0.conv0.weight"
-        if key not in sd:
-            raise CheckpointError(f"missing {key!r}")
-        mult.append(_ratio(_shape(sd, key)[0], mc, f"{r}x{r} block width"))
-    cfg["channel_mult"] = mult
-    cfg["attn_resolutions"] = sorted({int(m.group(2)) for k in sd if (m := _LEVEL.match(k))
-                                      and m.group(4) == "block" and k.endswith(".qkv.weight")}, reverse=True)
-    cfg["label_dim"] = _shape(sd, "model.map_label.weight")[1] if "model.map_label.weight" in sd else 0
-    cfg["augment_dim"] = _shape(sd, "model.map_augment.weight")[1] if "model.map_augment.weight" in sd else 0
-    if model_type == "SongUNet":
-        cfg["embedding_type"] = "fourier" if "model.map_noise.freqs" in sd else "positional"
-        cfg["encoder_type"] = ("residual" if any("_aux_residual." in k for k in sd)
-                               else "skip" if any("_aux_skip." in k for k in sd) else "standard")
-        skip_dec = any(k.startswith("model.dec.") and ("_aux_up." in k or (
-            k.endswith("_aux_conv.weight") and not k.startswith(f"model.dec.{R}x{R}_"))) for k in sd)
-        cfg["decoder_type"] = "skip" if skip_dec else "standard"
-        filters = [k for k in sd if k.endswith(".resample_filter")]
-        if filters:
-            cfg["resample_filter"] = _filter_taps(sd[filters[0]], filters[0])
-    if "u" in sd:
-        cfg["precond"] = "iDDPMPrecond"
-    return cfg
-
-
-def _ratio(n: int, mc: int, what: str) -> int:
-    if mc <= 0 or n % mc:
-        raise CheckpointError(f"{what} {n} is not a multiple of model_channels {mc}")
-    return n // mc
-
-
-def _filter_taps(f: np.ndarray, key: str) -> list:
-    """1-D taps r of the stored filter outer(r, r) / sum(r)^2, scaled so that r[0] = 1."""
-    f = np.asarray(f, np.float64)
-    if f.ndim != 4 or f.shape[:2] != (1, 1) or f.shape[2] != f.shape[3] or f[0, 0, 0, 0] <= 0:
-        raise CheckpointError(f"malformed resample filter {key!r} of shape {f.shape}")
-    taps = f[0, 0, 0] / f[0, 0, 0, 0]
-    if not np.allclose(np.outer(taps, taps) / taps.sum() ** 2, f[0, 0], rtol=1e-5, atol=1e-7):
-        raise CheckpointError(f"resample filter {key!r} is not separable")
-    rounded = np.round(taps)
-    return [int(t) for t in rounded] if np.allclose(taps, rounded, atol=1e-4) else taps.tolist()
-
-
-def check_against_weights(config: Mapping[str, Any], sd: Mapping[str, np.ndarray]) -> None:
-    """Raise if `config` (e.g. a pickle's `_init_kwargs`) contradicts what the tensors show."""
-    inferred = infer_config(sd)
-    diffs = [f"{k}: config {config.get(k)!r}, weights {inferred[k]!r}" for k in _CHECKED
-             if k in inferred and config.get(k) != inferred[k]]
-    if inferred.get("precond", config["precond"]) != config["precond"]:
-        diffs.append(f"precond: config {config['precond']!r}, weights {inferred['precond']!r}")
-    if diffs:
-        raise CheckpointError("config does not match the checkpoint's tensors: " + "; ".join(diffs))
-
-
-def resolve(sd: Mapping[str, np.ndarray], recorded: Mapping[str, Any] | None = None,
-            override: Mapping[str, Any] | None = None) -> dict:
-    """Final config: recorded (`.pkl`) or inferred, then `override` on top; checked against `sd`."""
-    base = dict(recorded) if recorded is not None else infer_config(sd)
-    merged = {**base, **to_jsonable(override or {})}
-    if "precond" not in merged:
-        raise CheckpointError("a plain state_dict does not record its preconditioning wrapper; give it "
-                              "explicitly, e.g. --config '{\"precond\": \"VPPrecond\"}' (one of "
-                              f"{', '.join(PRECONDS)})")
-    config = complete(merged)
-    check_against_weights(config, sd)
-    if isinstance(config.get("sigma_max"), float) and math.isinf(config["sigma_max"]):
-        config.pop("sigma_max")  # EDMPrecond's default inf; JSON has no infinity
-    return config
+    if not isinstance(text_or_path, (str, os.PathLike)):
+        raise TypeError(f"config must be JSON text or a file path; got {type(text_or_path).__name__}")
+    text = os.fspath(text_or_path)
+    if not isinstance(text, str):
+        text = os.fsdecode(text)
+    if not text.lstrip().startswith("{"):
+        text = _read_config_file(text)
+    return check_keys(parse_json_object(text), "config override")

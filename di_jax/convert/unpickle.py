@@ -1,146 +1,91 @@
-"""Allow-listed unpickling of PyTorch tensors into numpy, without torch and without running code.
+"""Allow-listed, bounded unpickling of PyTorch checkpoints into numpy, without torch and without running code.
 
 Shared by the EDM `.pkl` reader (`edm_pickle`) and the `torch.save` reader (`torch_zip`, zip and
-legacy files).
-Pickle can call any importable callable; `RestrictedUnpickler.find_class` resolves only the
-names in its `ALLOWED` table to local, side-effect-free stand-ins and refuses everything else
-before anything is called (spec edm_architecture.md section 7).
+legacy files). Every pickle goes through `safe_load`: first `pickle_scan.scan_pickle` refuses any
+pickle beyond its `PickleLimits` before a single object exists, then the C unpickler loads it
+with `RestrictedUnpickler.find_class` resolving only the names of its `ALLOWED` table to local,
+side-effect-free stand-ins (`tensors`); everything else is refused before it is called (spec
+edm_architecture.md section 7). Every failure is a one-line `CheckpointError`.
+
+Also here: the legacy (pre-1.6, non-zip) `torch.save` stream, a sequence of such pickles followed
+by the raw storages (`load_legacy_file`, `load_legacy_storage`).
 """
 
-import collections
 import io
 import pickle
 from typing import Any
 
 import numpy as np
 
-
-class CheckpointError(ValueError):
-    """The checkpoint is unreadable, unsafe or does not match what was asked of it."""
-
-
-class RefusedGlobalError(CheckpointError):
-    """The pickle references a global outside the allow-list (a possible code-execution payload)."""
-
-
-# torch.<Name>Storage class -> numpy dtype of its elements (little endian on disk).
-STORAGE_DTYPES = {
-    "FloatStorage": np.dtype("<f4"), "DoubleStorage": np.dtype("<f8"), "HalfStorage": np.dtype("<f2"),
-    "LongStorage": np.dtype("<i8"), "IntStorage": np.dtype("<i4"), "ShortStorage": np.dtype("<i2"),
-    "CharStorage": np.dtype("i1"), "ByteStorage": np.dtype("u1"), "BoolStorage": np.dtype("?"),
-    "BFloat16Storage": np.dtype("<u2"),  # raw bits; widened to float32 by `Storage.array`
-}
-
-
-class StorageType(str):
-    """Stand-in for a `torch.<Name>Storage` class global: only its name is kept."""
-
-
-class Storage:
-    """A flat typed buffer: `data` (1-D numpy array) once loaded."""
-
-    def __init__(self, type_name: str, numel: int, data: np.ndarray | None = None):
-        if type_name not in STORAGE_DTYPES:
-            raise CheckpointError(f"unsupported storage type torch.{type_name}")
-        self.type_name, self.numel, self.data = type_name, int(numel), data
-
-    def array(self) -> np.ndarray:
-        if self.data is None:
-            raise CheckpointError("tensor storage was referenced but never loaded")
-        if self.type_name == "BFloat16Storage":  # bfloat16 bits are the top half of a float32
-            return (self.data.astype(np.uint32) << 16).view(np.float32)
-        return self.data
-
-
-def rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
-    """`torch._utils._rebuild_tensor_v2` -> a contiguous numpy array (bounds-checked view copy)."""
-    del requires_grad, hooks, metadata
-    if not isinstance(storage, Storage):
-        raise CheckpointError(f"tensor rebuilt from a {type(storage).__name__}, not a storage")
-    size, stride, offset = tuple(int(s) for s in size), tuple(int(s) for s in stride), int(offset)
-    if len(size) != len(stride) or min(size + stride + (offset,), default=0) < 0:
-        raise CheckpointError(f"bad tensor geometry size={size} stride={stride} offset={offset}")
-    flat = storage.array()
-    if 0 in size:
-        return np.zeros(size, flat.dtype)
-    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
-    if last >= flat.size:
-        raise CheckpointError(f"tensor of size {size} (stride {stride}, offset {offset}) overruns its "
-                              f"storage of {flat.size} elements: truncated or corrupt file")
-    view = np.lib.stride_tricks.as_strided(flat[offset:], size, [s * flat.itemsize for s in stride])
-    return np.array(view, order="C")
-
-
-def _rebuild_parameter(data, requires_grad=False, hooks=None, state=None):
-    del requires_grad, hooks, state
-    if not isinstance(data, np.ndarray):
-        raise CheckpointError(f"parameter rebuilt from a {type(data).__name__}, not a tensor")
-    return data
-
-
-def _numpy_scalar(dtype, data=None):
-    if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, bytes):
-        raise CheckpointError(f"refused numpy scalar of dtype {dtype!r}")
-    return np.frombuffer(data, dtype, count=1)[0]
-
-
-def _numpy_dtype(name, align=False, copy=False):
-    dtype = np.dtype(name, align, copy)
-    if dtype.hasobject:
-        raise CheckpointError(f"refused numpy object dtype {name!r}")
-    return dtype
-
-
-class EasyDict(dict):
-    """Stand-in for `dnnlib.util.EasyDict` (a dict with attribute access)."""
-
-    __getattr__ = dict.get
-
-
-TENSOR_GLOBALS: dict[tuple[str, str], Any] = {
-    ("torch._utils", "_rebuild_tensor_v2"): rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    **{("torch", name): StorageType(name) for name in STORAGE_DTYPES},
-}
-NUMPY_GLOBALS: dict[tuple[str, str], Any] = {
-    ("numpy", "dtype"): _numpy_dtype,
-    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
-    ("dnnlib.util", "EasyDict"): EasyDict,
-}
+from di_jax.convert.errors import CheckpointError, RefusedGlobalError, clean, describe, exception_text
+from di_jax.convert.pickle_scan import DEFAULT_LIMITS, scan_pickle
+from di_jax.convert.tensors import (
+    NUMPY_GLOBALS,
+    STORAGE_DTYPES,
+    TENSOR_GLOBALS,
+    Storage,
+    check_tensor,
+    known_storage,
+    rebuild_tensor,
+    storage_record,
+    unsupported_tensor_global,
+)
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only `ALLOWED[(module, name)]`; any other global is refused."""
+    """Unpickler that resolves only `ALLOWED[(module, name)]`; any other global is refused.
+
+    Use it through `safe_load`, which scans the pickle against `LIMITS` first.
+    """
 
     ALLOWED: dict[tuple[str, str], Any] = {}
     WHAT = "pickle"
+    LIMITS = DEFAULT_LIMITS
 
     def find_class(self, module: str, name: str) -> Any:
         try:
             return self.ALLOWED[(module, name)]
-        except KeyError:
-            raise RefusedGlobalError(
-                f"refused global '{module}.{name}' in {self.WHAT}: not on the allow-list of tensor/"
-                "container types (the file may carry a code-execution payload)") from None
+        except (KeyError, TypeError):
+            pass
+        message = unsupported_tensor_global(module, name) if isinstance(module, str) and isinstance(name, str) else None
+        if message:
+            raise CheckpointError(f"{self.WHAT}: {message}")
+        raise RefusedGlobalError(
+            f"refused global '{clean(module)}.{clean(name)}' in {self.WHAT}: not on the allow-list of tensor/"
+            "container types (the file may carry a code-execution payload)")
 
     def persistent_load(self, pid: Any) -> Any:
-        raise CheckpointError(f"unexpected persistent id {str(pid)[:80]!r} in {self.WHAT}")
+        raise CheckpointError(f"unexpected persistent id ({describe(pid)}) in {self.WHAT}")
 
 
 def safe_load(unpickler_cls: type[RestrictedUnpickler], stream, **kwargs) -> Any:
-    """Run `unpickler_cls(stream).load()`; every failure becomes a one-line `CheckpointError`."""
+    """`scan_pickle` then `unpickler_cls(stream, **kwargs).load()`; every failure is a one-line `CheckpointError`.
+
+    `stream` must be seekable (a file, `files.BoundedReader`, `io.BytesIO`); anything else is read
+    into memory first.
+    """
+    what = unpickler_cls.WHAT
     try:
+        start = stream.tell()
+        stream.seek(start)
+    except (AttributeError, OSError, ValueError):
+        try:
+            stream, start = io.BytesIO(stream.read()), 0
+        except OSError as e:
+            raise CheckpointError(f"cannot read {what} ({exception_text(e)})") from None
+    scan_pickle(stream, what, unpickler_cls.LIMITS)
+    try:
+        stream.seek(start)
         return unpickler_cls(stream, **kwargs).load()
     except CheckpointError:
         raise
     except (EOFError, pickle.UnpicklingError) as e:
-        raise CheckpointError(f"corrupt or truncated {unpickler_cls.WHAT} ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"corrupt or truncated {what} ({exception_text(e)})") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read {what} ({exception_text(e)})") from None
     except (TypeError, ValueError, AttributeError, IndexError, KeyError, MemoryError, OverflowError,
-            RecursionError) as e:
-        raise CheckpointError(f"malformed {unpickler_cls.WHAT} ({type(e).__name__}: {str(e)[:200]})") from None
+            RecursionError, NotImplementedError) as e:
+        raise CheckpointError(f"malformed {what} ({exception_text(e)})") from None
 
 
 # ---- the legacy (non-zip) torch.save stream: a whole pre-1.6 file, or the blob `_load_from_bytes` receives ----
@@ -164,54 +109,74 @@ class _LegacyRootUnpickler(RestrictedUnpickler):
         self.storages = storages
 
     def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"
-                and isinstance(pid[1], StorageType)):
-            raise CheckpointError(f"unexpected persistent id {str(pid)[:80]!r} in {self.WHAT}")
-        if len(pid) > 5 and pid[5] is not None:
-            raise CheckpointError("storage views (legacy torch < 1.0 format) are not supported")
-        key = str(pid[2])
-        if key not in self.storages:
-            self.storages[key] = Storage(pid[1], pid[4])
-        return self.storages[key]
+        key, type_name, numel = storage_record(pid, self.WHAT, legacy=True)
+        storage = known_storage(self.storages, key, type_name, numel, self.WHAT)
+        if storage is None:
+            storage = self.storages[key] = Storage(type_name, numel)
+        return storage
 
 
 class _PendingTensor:
     """A tensor of a legacy file: its storages follow the pickle, so it is rebuilt after they are read."""
 
+    __slots__ = ("args",)
+
     def __init__(self, storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
+        if not isinstance(storage, Storage):
+            raise CheckpointError(f"tensor rebuilt from {describe(storage)}, not a storage")
+        check_tensor(storage.numel, offset, size, stride, metadata)  # before any storage is read
         self.args = (storage, offset, size, stride, requires_grad, hooks, metadata)
+
+    def __setstate__(self, state):
+        raise CheckpointError("a pickle may not set the state of a tensor")
 
 
 def _pending_parameter(data, requires_grad=False, hooks=None, state=None):
     del requires_grad, hooks, state
     if not isinstance(data, _PendingTensor):
-        raise CheckpointError(f"parameter rebuilt from a {type(data).__name__}, not a tensor")
+        raise CheckpointError(f"parameter rebuilt from {describe(data)}, not a tensor")
     return data
 
 
-def _resolve_pending(obj: Any, memo: dict | None = None) -> Any:
+def _resolve_pending(obj: Any) -> Any:
     """Replace every `_PendingTensor` in dicts / lists / tuples (in place where mutable) by its array.
 
-    Each container is visited once (`memo` by id): a pickle's shared references (a "billion laughs"
-    DAG, a list containing itself) cost linear time, not exponential or infinite.
+    Iterative (no recursion, whatever the depth) and each container is visited once (by id): a
+    pickle's shared references (a "billion laughs" DAG) cost linear time and a list or dict that
+    contains itself is left containing itself. A cycle through a tuple cannot be rebuilt: refused.
     """
-    memo = {} if memo is None else memo
-    if id(obj) in memo:
-        return memo[id(obj)]
-    if isinstance(obj, _PendingTensor):
-        memo[id(obj)] = rebuild_tensor(*obj.args)
-    elif isinstance(obj, dict):
-        memo[id(obj)] = obj
-        for key, value in obj.items():
-            obj[key] = _resolve_pending(value, memo)
-    elif isinstance(obj, list):
-        memo[id(obj)] = obj
-        obj[:] = [_resolve_pending(v, memo) for v in obj]
-    elif isinstance(obj, tuple):
-        memo[id(obj)] = tuple(_resolve_pending(v, memo) for v in obj)
-    else:
-        return obj
-    return memo[id(obj)]
+    done: dict[int, Any] = {}   # id -> replacement (the object itself for dicts and lists)
+    active: set[int] = set()    # containers whose children are being resolved
+    stack: list[tuple[Any, bool]] = [(obj, False)]
+    while stack:
+        node, finishing = stack.pop()
+        key = id(node)
+        if finishing:
+            active.discard(key)
+            if isinstance(node, dict):
+                for k, v in node.items():
+                    node[k] = done.get(id(v), v)
+                done[key] = node
+            elif isinstance(node, list):
+                node[:] = [done.get(id(v), v) for v in node]
+                done[key] = node
+            else:
+                new = tuple(done.get(id(v), v) for v in node)
+                done[key] = node if all(a is b for a, b in zip(new, node)) else new
+            continue
+        if key in done:
+            continue
+        if isinstance(node, _PendingTensor):
+            done[key] = rebuild_tensor(*node.args)
+        elif isinstance(node, (dict, list, tuple)):
+            if key in active:
+                if isinstance(node, tuple):
+                    raise CheckpointError("legacy torch.save file holds a cyclic structure through a tuple")
+                continue  # a list / dict containing itself: resolved in place when it finishes
+            active.add(key)
+            stack.append((node, True))
+            stack.extend((v, False) for v in (node.values() if isinstance(node, dict) else node))
+    return done.get(id(obj), obj)
 
 
 class _LegacyFileUnpickler(_LegacyRootUnpickler):
@@ -225,30 +190,34 @@ class _LegacyFileUnpickler(_LegacyRootUnpickler):
 def _load_legacy(f, root_unpickler: type[_LegacyRootUnpickler], what: str, single_storage: bool) -> Any:
     """The root object of a legacy stream: pickles of magic, protocol, sys info, root and storage
     keys, then each storage as int64 element count + raw bytes. `single_storage`: the root must be
-    one storage (a `_load_from_bytes` blob)."""
+    one storage (a `_load_from_bytes` blob). `f` must clamp reads to what it holds (BytesIO,
+    `files.BoundedReader`): element counts come from the file."""
     if safe_load(_PlainUnpickler, f) != _LEGACY_MAGIC:
         raise CheckpointError(f"{what} is not a legacy torch.save stream (bad magic number)")
     if safe_load(_PlainUnpickler, f) != _LEGACY_PROTOCOL:
         raise CheckpointError(f"{what} has an unsupported legacy torch.save protocol version")
     info = safe_load(_PlainUnpickler, f)
-    if not isinstance(info, dict) or not info.get("little_endian", True):
+    if not isinstance(info, dict) or info.get("little_endian", True) is not True:
         raise CheckpointError(f"{what} was written on a big-endian machine; not supported")
     storages: dict[str, Storage] = {}
     root = safe_load(root_unpickler, f, storages=storages)
     keys = safe_load(_PlainUnpickler, f)
     if (single_storage and not isinstance(root, Storage)) or not isinstance(keys, list) \
-            or set(map(str, keys)) != set(storages):
+            or not all(isinstance(k, str) for k in keys) or len(set(keys)) != len(keys) or set(keys) != set(storages):
         raise CheckpointError(f"{what} does not hold exactly one storage" if single_storage
                               else f"{what}: its storage key list does not match the storages it references")
     for key in keys:
-        s = storages[str(key)]
+        s = storages[key]
         header = f.read(8)
         if len(header) != 8:
             raise CheckpointError(f"{what} truncated (missing element count)")
         numel = int.from_bytes(header, "little")
         dtype = STORAGE_DTYPES[s.type_name]
+        if numel != s.numel:
+            raise CheckpointError(f"{what} truncated or corrupt: storage '{key}' holds {numel} elements, its "
+                                  f"pickle declares {s.numel}")
         raw = f.read(numel * dtype.itemsize)
-        if numel != s.numel or len(raw) != numel * dtype.itemsize:
+        if len(raw) != numel * dtype.itemsize:
             raise CheckpointError(f"{what} truncated: {len(raw)} bytes for {s.numel} x {dtype}")
         s.data = np.frombuffer(raw, dtype).copy()
     return root
@@ -257,7 +226,7 @@ def _load_legacy(f, root_unpickler: type[_LegacyRootUnpickler], what: str, singl
 def load_legacy_storage(blob: bytes) -> Storage:
     """Parse `torch.storage._load_from_bytes(blob)`: one storage saved by legacy `torch.save`."""
     if not isinstance(blob, bytes):
-        raise CheckpointError(f"_load_from_bytes got a {type(blob).__name__}, not bytes")
+        raise CheckpointError(f"_load_from_bytes got {describe(blob)}, not bytes")
     return _load_legacy(io.BytesIO(blob), _LegacyRootUnpickler, "storage blob", single_storage=True)
 
 
@@ -265,7 +234,8 @@ def load_legacy_file(f) -> Any:
     """The object saved by legacy (torch < 1.6 or `_use_new_zipfile_serialization=False`) `torch.save`.
 
     Args:
-      f: binary file object positioned at the start of the file.
+      f: binary file object positioned at the start of the file; its reads must be clamped to the
+        file's size (`files.BoundedReader`).
     Returns: the saved object with tensors as numpy arrays (same allow-list as the zip reader).
     """
     root = _load_legacy(f, _LegacyFileUnpickler, _LegacyFileUnpickler.WHAT, single_storage=False)
@@ -273,5 +243,5 @@ def load_legacy_file(f) -> Any:
         return _resolve_pending(root)
     except CheckpointError:
         raise
-    except (TypeError, ValueError, OverflowError, RecursionError) as e:
-        raise CheckpointError(f"malformed legacy torch.save file ({type(e).__name__}: {str(e)[:200]})") from None
+    except (TypeError, ValueError, OverflowError, MemoryError) as e:
+        raise CheckpointError(f"malformed legacy torch.save file ({exception_text(e)})") from None

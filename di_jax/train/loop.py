@@ -78,11 +78,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       workdir: checkpoints, TensorBoard scalars, pictures, metrics.json and reports go here.
       on_step: if given, `on_step(step, state)` runs on the host after every step (custom evaluation, tests).
     """
-    from clu import metric_writers, parameter_overview, periodic_actions
-
     sharding.maybe_initialize_distributed(config.distributed)
+    run = setup(config)   # validates the config and loads the teacher: no workdir is made for a bad run
     os.makedirs(workdir, exist_ok=True)
-    run = setup(config)
+    from clu import metric_writers, parameter_overview, periodic_actions  # imports TensorFlow: seconds
     mesh, nets, teacher = run.mesh, run.nets, run.teacher_params
     draw = make_pictures(config, nets, run.teacher, workdir)
     evaluate = make_evaluation(config, nets, run.teacher, workdir)
