@@ -5,7 +5,8 @@ Modules, one concept each (the four registries in capitals):
   distances   the SIM distance family d(y), d'(y).
   losses      per-example surrogate losses returning (value, aux): DSM, DI, SIM, SiD, SDS, DMD.
   methods     METHODS: name -> loss, noise levels, fake score, dropout convention, options.
-  configs     the config schema and the shipped configs (digits_sim, toy_ring, toy_grid).
+  configs     the config schema and the shipped configs (digits_sim, toys, the paper recipes).
+  augment     EDM's augmentation pipe as a pure function (rng, images) -> (images, augment labels).
   teachers    TEACHERS: analytic mixtures with exact scores, converted EDM networks.
   nets        Flax networks; nets.families.FAMILIES: generator + fake score built around a teacher.
   convert     PyTorch / EDM checkpoints -> Flax parameter trees, without executing pickles.

@@ -147,19 +147,45 @@ def karras_sigmas(num: int, sigma_min: float = KARRAS_SIGMA_MIN, sigma_max: floa
     check_positive("sigma_min", sigma_min)
     if sigma_max <= sigma_min:
         raise ValueError(f"sigma_max must exceed sigma_min; got {sigma_max} <= {sigma_min}")
-    k = jnp.arange(num, dtype=jnp.float32) / (num - 1)
-    return (sigma_max ** (1 / rho) + k * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    return karras_curve(jnp.arange(num, dtype=jnp.float32) / (num - 1), sigma_min, sigma_max, rho)
 
 
-def sample_sigma_karras(rng: Array, shape, index_range: Tuple[int, int] = (0, 800), num: int = 1000,
+def karras_curve(u, sigma_min: float = KARRAS_SIGMA_MIN, sigma_max: float = KARRAS_SIGMA_MAX,
+                 rho: float = KARRAS_RHO) -> Array:
+    """The continuous Karras curve sigma(u) = (smax^(1/rho) + u (smin^(1/rho) - smax^(1/rho)))^rho, u in [0, 1]."""
+    check_positive("sigma_min", sigma_min)
+    if sigma_max <= sigma_min:
+        raise ValueError(f"sigma_max must exceed sigma_min; got {sigma_max} <= {sigma_min}")
+    return (sigma_max ** (1 / rho) + u * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+
+
+def sample_sigma_karras(rng: Array, shape, index_range: Tuple[int, int] = (19, 979), num: int = 1000,
                         sigma_min: float = KARRAS_SIGMA_MIN, sigma_max: float = KARRAS_SIGMA_MAX,
                         rho: float = KARRAS_RHO) -> Array:
-    """sigma = karras_sigmas(num)[k], k ~ U{lo..hi} inclusive. SiD: (0, 800); DMD2: (20, 980)."""
+    """sigma = karras_sigmas(num)[k], k ~ U{lo..hi} inclusive, on the *descending* grid (k = 0 is sigma_max).
+
+    The default is DMD2's: its grid is ascending and it draws k ~ U{20..980} (randint(20, 981)), which is
+    k ~ U{19..979} on this descending grid, sigma in [0.0029, 72.9] (official DMD2 edm_guidance.py).
+    """
     lo, hi = index_range
     if not 0 <= lo <= hi < num:
         raise ValueError(f"index_range must satisfy 0 <= lo <= hi < num={num}; got {index_range}")
     k = jax.random.randint(rng, shape, lo, hi + 1)
     return karras_sigmas(num, sigma_min, sigma_max, rho)[k]
+
+
+def sample_sigma_sid(rng: Array, shape, t_max: float = 0.8, sigma_min: float = KARRAS_SIGMA_MIN,
+                     sigma_max: float = KARRAS_SIGMA_MAX, rho: float = KARRAS_RHO) -> Array:
+    """SiD's generator-phase noise levels: t ~ U[0, t_max), sigma = karras_curve(1 - t).
+
+    The official SiD code (sid_loss.py, `tmax` = 800 of 1000) evaluates the continuous Karras curve at
+    1 - t, so sigma lies in [sigma_min, karras_curve(1 - t_max)] = [0.002, 24.4] with median 0.96 for
+    t_max = 0.8: small noise levels, not the large ones a literal reading of SIM eq. B.8 gives.
+    """
+    if not 0 < t_max <= 1:
+        raise ValueError(f"t_max must lie in (0, 1]; got {t_max}")
+    t = t_max * jax.random.uniform(rng, shape)
+    return karras_curve(1.0 - t, sigma_min, sigma_max, rho)
 
 
 def sample_sigma_log_uniform(rng: Array, shape, sigma_min: float = KARRAS_SIGMA_MIN,
@@ -172,15 +198,17 @@ def sample_sigma_log_uniform(rng: Array, shape, sigma_min: float = KARRAS_SIGMA_
     return sigma_min * (sigma_max / sigma_min) ** u
 
 
-SIGMA_SAMPLERS = ("edm", "sim", "karras", "log_uniform")
+SIGMA_SAMPLERS = ("edm", "sim", "sid", "karras", "log_uniform")
 
 
 def sample_sigma(rng: Array, shape, kind: str, **kwargs) -> Array:
-    """Dispatches to a sigma sampler by name: 'edm', 'sim', 'karras', 'log_uniform'."""
+    """Dispatches to a sigma sampler by name: 'edm', 'sim', 'sid', 'karras', 'log_uniform'."""
     if kind == "edm":
         return sample_sigma_lognormal(rng, shape, **kwargs)
     if kind == "sim":
         return sample_sigma_lognormal(rng, shape, **{"p_mean": SIM_P_MEAN, "p_std": SIM_P_STD, **kwargs})
+    if kind == "sid":
+        return sample_sigma_sid(rng, shape, **kwargs)
     if kind == "karras":
         return sample_sigma_karras(rng, shape, **kwargs)
     if kind == "log_uniform":

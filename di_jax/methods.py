@@ -9,10 +9,17 @@ A method's generator loss has the one signature of `di_jax.losses`
 `(x0, sigma, noise, fake_denoise, teacher_denoise, labels, weight=None, **options) -> (value [B], aux)`;
 `options(config)` turns the config's method-specific fields into those keyword arguments.
 
-Dropout conventions in the generator phase (`Method.dropout`; networks built with dropout only):
-  'shared'  teacher and fake score run in train mode with one shared dropout mask (the official DI code)
-  'eval'    teacher and fake score run deterministically
-The fake-score (DSM) phase always runs the fake network in train mode.
+Dropout conventions (`Method.dropout`), for networks built with dropout (the rate is the teacher
+checkpoint's, `config.networks.dropout`); "train" = dropout on, "eval" = deterministic:
+
+  convention  fake phase (DSM)          generator phase                             official code
+  'shared'    G eval, fake train        G train; teacher + fake train, ONE mask     DI di_loss.py gloss (RNG reset)
+  'eval'      G eval, fake train        G train; teacher + fake eval                SiD sid_training_loop.py
+  'off'       all eval                  all eval                                    DMD2 (nets built with dropout 0)
+
+In both official loops the fake phase's generator pass runs in eval mode under no_grad and the
+generator phase draws a fresh z; `config.share_generator_pass` reuses one (train-mode) generator pass
+for both phases instead (cheaper, correlated; see train/step.py).
 """
 
 import dataclasses
@@ -20,7 +27,7 @@ from typing import Any, Callable, Dict, Mapping
 
 from di_jax import distances, losses
 
-DROPOUT_CONVENTIONS = ("shared", "eval")
+DROPOUT_CONVENTIONS = ("shared", "eval", "off")
 EDM_SIGMA = dict(kind="edm")      # EDM's training distribution, ln sigma ~ N(-1.2, 1.2^2)
 
 
@@ -44,7 +51,7 @@ class Method:
     sigma_gen: Mapping[str, Any]
     sigma_fake: Mapping[str, Any] = dataclasses.field(default_factory=lambda: dict(EDM_SIGMA))
     needs_fake: bool = True
-    dropout: str = "shared"
+    dropout: str = "eval"
     options: Callable[[Any], Dict[str, Any]] = lambda config: {}
     reference: str = ""
 
@@ -80,19 +87,22 @@ def sigma_spec(config, phase: str) -> dict:
 
 
 register(Method(
-    "di", losses.di_generator_loss, sigma_gen=EDM_SIGMA,
+    "di", losses.di_generator_loss, sigma_gen=EDM_SIGMA, dropout="shared",
     reference="Diff-Instruct (Luo et al. 2023) eq. 3.2, Alg. 1; official code: EDM sigma, w = 1"))
 register(Method(
     "sim", losses.sim_generator_loss, sigma_gen=dict(kind="sim"),
-    options=lambda config: dict(distance=distances.from_config(config.distance)),
-    reference="SIM (Luo et al. 2024) eq. 3.7, Alg. 2; ln sigma ~ N(-3.5, 2.5^2) in the generator phase"))
+    dropout="shared", options=lambda config: dict(distance=distances.from_config(config.distance)),
+    reference="SIM (Luo et al. 2024) eq. 3.7, Alg. 2; ln sigma ~ N(-3.5, 2.5^2) in the generator phase; "
+              "no training code is public: dropout as in DI's code (same authors)"))
 register(Method(
-    "sid", losses.sid_generator_loss, sigma_gen=dict(kind="karras", index_range=(0, 800)),
+    "sid", losses.sid_generator_loss, sigma_gen=dict(kind="sid", t_max=0.8), dropout="eval",
     options=lambda config: dict(alpha=config.sid_alpha),
-    reference="SiD (Zhou et al. 2024) eq. 24 as in its official code (normaliser, alpha)"))
+    reference="SiD (Zhou et al. 2024) eq. 24 as in its official code (normaliser, alpha; t ~ U[0, 0.8), "
+              "sigma on the Karras curve at 1 - t)"))
 register(Method(
-    "sds", losses.sds_generator_loss, sigma_gen=EDM_SIGMA, needs_fake=False,
+    "sds", losses.sds_generator_loss, sigma_gen=EDM_SIGMA, needs_fake=False, dropout="eval",
     reference="SDS (Poole et al. 2022) = DI with a Dirac generator (DI Cor. 3.4)"))
 register(Method(
-    "dmd", losses.dmd_generator_loss, sigma_gen=dict(kind="karras", index_range=(20, 980)),
-    reference="DMD / DMD2 (Yin et al. 2024) distribution-matching gradient with its normaliser"))
+    "dmd", losses.dmd_generator_loss, sigma_gen=dict(kind="karras", index_range=(19, 979)), dropout="off",
+    reference="DMD / DMD2 (Yin et al. 2024) distribution-matching gradient with its normaliser; DMD2's "
+              "k ~ U{20..980} on its ascending 1000-point Karras grid; networks without dropout"))

@@ -46,7 +46,7 @@ def main():
     for method in ("di", "sim"):
         for remat in ("none", "generator"):
             config = bench_config(NAME, method, BATCH, "fp32", remat)
-            step = setup(config, teacher=edm_teacher(module, params, dropout=True), mesh=mesh).compiled
+            step = setup(config, teacher=edm_teacher(module, params), mesh=mesh).compiled
             f = cost_flops(step)
             print(method, "remat", remat, "step flops", f, "ratio to one forward %.2f" % (f / one),
                   "convolutions", convolutions(step), "(%.2f x forward)" % (convolutions(step) / convolutions(fwd)))

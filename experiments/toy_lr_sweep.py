@@ -34,6 +34,29 @@ LABELS = {"sim": "SIM (pseudo-Huber)", "sim_paper": "SIM, paper sigma_gen", "di"
           "dmd": "DMD"}
 COLOURS = {"sim": (31, 90, 200), "sim_paper": (120, 170, 240), "di": (220, 80, 30), "sid": (40, 160, 60),
            "dmd": (150, 60, 170)}
+C_COLOURS = ((20, 20, 90), (60, 110, 230), (150, 190, 250), (0, 170, 200), (90, 90, 90))
+
+
+def _method(name: str):
+    """(method, overrides) of a sweep entry; 'sim_c<value>' is SIM with pseudo-Huber c = value."""
+    if name.startswith("sim_c"):
+        return "sim", {"distance.c": float(name[5:])}
+    if name not in METHODS:
+        raise SystemExit(f"toy_lr_sweep: error: unknown method {name!r}; choose from {sorted(METHODS)} or sim_c<c>")
+    return METHODS[name]
+
+
+def _label(name: str) -> str:
+    return f"SIM, c = {float(name[5:]):g}" if name.startswith("sim_c") else LABELS[name]
+
+
+def _colour(name: str, methods: Sequence[str]):
+    if name.startswith("sim_c"):
+        cs = [m for m in methods if m.startswith("sim_c")]
+        return C_COLOURS[cs.index(name) % len(C_COLOURS)]
+    return COLOURS[name]
+
+
 METRICS = (("mode_coverage", "mode coverage"), ("loglik", "mean teacher log-lik (clipped at -200)"),
            ("near_mode", "within 3 std of a mode"), ("energy_distance", "energy distance (log)"))
 
@@ -46,7 +69,7 @@ def sweep(methods: Sequence[str], lrs: Sequence[float], seeds: Sequence[int], st
           log=_print) -> List[Dict[str, Any]]:
     runs = []
     for name in methods:
-        method, overrides = METHODS[name]
+        method, overrides = _method(name)
         for lr in lrs:
             for seed in seeds:
                 config = toy_distill.make_config("ring", method, steps, seed, {**overrides, "gen_optim.lr": lr})
@@ -81,7 +104,7 @@ def table(runs: Sequence[Dict[str, Any]], methods: Sequence[str], lrs: Sequence[
             skipped = sum(r["skipped_gen"] > 0 for r in rs)
             low = sum(not (r["mode_coverage"] >= 7 / 8) for r in rs)
             col = lambda k: _ms([r[k] for r in rs])
-            lines.append(f"| {LABELS[name]} | {lr:g} | {col('mode_coverage')} | {col('loglik')} | {col('near_mode')} "
+            lines.append(f"| {_label(name)} | {lr:g} | {col('mode_coverage')} | {col('loglik')} | {col('near_mode')} "
                          f"| {col('energy_distance')} | {col('raw_loglik')} "
                          f"| {nonfinite}/{n} | {skipped}/{n} | {low}/{n} |")
     return "\n".join(lines)
@@ -121,7 +144,7 @@ def plot(path: str, runs: Sequence[Dict[str, Any]], methods: Sequence[str], lrs:
             draw.text((tx(v) - 12, ph - mb + 8), f"{lr:g}", fill=(90, 90, 90))
         draw.text((ox + ml + 80, ph - mb + 22), "generator lr", fill=(0, 0, 0))
         for name in methods:
-            colour = COLOURS[name]
+            colour = _colour(name, methods)
             pts = []
             for v, lr in zip(lx, lrs):
                 seeds = np.asarray([r[key] for r in runs if r["method"] == name and r["lr"] == lr], np.float64)
@@ -134,14 +157,16 @@ def plot(path: str, runs: Sequence[Dict[str, Any]], methods: Sequence[str], lrs:
             if len(pts) > 1:
                 draw.line(pts, fill=colour, width=2)
     for i, name in enumerate(methods):
-        draw.rectangle([10 + i * 190, ph + 18, 22 + i * 190, ph + 30], fill=COLOURS[name])
-        draw.text((26 + i * 190, ph + 18), LABELS[name], fill=(0, 0, 0))
+        draw.rectangle([10 + i * 190, ph + 18, 22 + i * 190, ph + 30], fill=_colour(name, methods))
+        draw.text((26 + i * 190, ph + 18), _label(name), fill=(0, 0, 0))
     img.save(path)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", default="sim,sim_paper,di,sid", help=f"from {sorted(METHODS)}")
+    parser.add_argument("--methods", default="sim,sim_paper,di,sid",
+                        help=f"from {sorted(METHODS)}, or sim_c<c> (SIM with pseudo-Huber c, e.g. sim_c0.03)")
+    parser.add_argument("--name", default="toy_lr_sweep", help="output file stem under --out")
     parser.add_argument("--lrs", default="1e-4,1e-3,3e-3,1e-2,3e-2,1e-1")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps", type=int, default=2000)
@@ -156,7 +181,7 @@ def main():
     runs = sweep(methods, lrs, seeds, args.steps, args.num_eval)
     total = time.perf_counter() - t0
     md = table(runs, methods, lrs)
-    with open(os.path.join(args.out, "toy_lr_sweep.md"), "w") as f:
+    with open(os.path.join(args.out, args.name + ".md"), "w") as f:
         f.write(f"# Generator learning-rate sweep on the 8-Gaussian ring\n\n"
                 f"Command: `python experiments/toy_lr_sweep.py {' '.join(sys.argv[1:])}`\n\n"
                 f"di_jax/configs/toy_ring.py:<method> with gen_optim.lr changed "
@@ -165,12 +190,12 @@ def main():
                 f"over seeds, except 'raw gen. log-lik' (the generator's current parameters). "
                 f"jax {jax.__version__} on {jax.devices()[0].device_kind}; total wall time {total:.0f} s.\n\n"
                 + md + "\n")
-    with open(os.path.join(args.out, "toy_lr_sweep.json"), "w") as f:
+    with open(os.path.join(args.out, args.name + ".json"), "w") as f:
         json.dump(runs, f, indent=1, default=float)
-    plot(os.path.join(args.out, "toy_lr_sweep.png"), runs, methods, lrs)
+    plot(os.path.join(args.out, args.name + ".png"), runs, methods, lrs)
     print()
     print(md)
-    print(f"\nwrote {args.out}/toy_lr_sweep.md, .json, .png; total {total:.0f} s")
+    print(f"\nwrote {args.out}/{args.name}.md, .json, .png; total {total:.0f} s")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ from di_jax.main import _resolve_config_names
 
 def test_packaged_names_resolve_to_package_files(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)                          # no repository around
-    assert set(configs.NAMES) == {"digits_sim", "toy_ring", "toy_grid"}
+    from test_recipes import RECIPES
+    assert set(configs.NAMES) == {"digits_sim", "toy_ring", "toy_grid", *RECIPES}   # not base.py, paper.py
     for spec, name, arg in [("toy_ring:sim", "toy_ring", ":sim"), ("digits_sim", "digits_sim", ""),
                             ("configs/toy_grid.py:di", "toy_grid", ":di")]:
         got = configs.resolve(spec)

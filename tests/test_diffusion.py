@@ -42,8 +42,8 @@ def test_sigma_samplers():
     np.testing.assert_allclose([jnp.log(s).mean(), jnp.log(s).std()], [-3.5, 2.5], atol=0.03)
     grid = diffusion.karras_sigmas(1000)
     np.testing.assert_allclose([grid[0], grid[-1]], [80.0, 0.002], rtol=1e-5)
-    s = diffusion.sample_sigma(rng, (50_000,), "karras")          # SiD: k ~ U{0..800}
-    assert float(s.min()) >= float(grid[800]) - 1e-6 and float(s.max()) <= 80.0 + 1e-4
+    s = diffusion.sample_sigma(rng, (50_000,), "karras")          # DMD2: k ~ U{19..979} descending
+    np.testing.assert_allclose([s.min(), s.max()], [grid[979], grid[19]], rtol=1e-6)
     s = diffusion.sample_sigma(rng, (50_000,), "log_uniform", sigma_min=0.01, sigma_max=10.0)
     np.testing.assert_allclose(jnp.log(s).mean(), 0.5 * np.log(0.01 * 10.0), atol=0.02)
     with pytest.raises(ValueError, match="kind"):
@@ -52,10 +52,31 @@ def test_sigma_samplers():
         diffusion.sample_sigma_karras(rng, (2,), index_range=(0, 1000))
 
 
-def test_sid_sigma_range():
-    """SiD's t ~ U[0, 0.8] on the Karras grid covers sigma in [0.002 .. 24.4] (spec §7)."""
-    grid = diffusion.karras_sigmas(1000)
-    assert abs(float(grid[200]) - 24.4) < 0.3 and float(grid[999]) == pytest.approx(0.002, rel=1e-4)
+def _sid_official_sigma(t):
+    """sid_loss.py: sigma = (max_inv_rho + (1 - t) (min_inv_rho - max_inv_rho))^rho, t = U[0, 1) * 800 / 1000."""
+    max_inv_rho, min_inv_rho = 80.0 ** (1 / 7), 0.002 ** (1 / 7)
+    return (max_inv_rho + (1 - t) * (min_inv_rho - max_inv_rho)) ** 7
+
+
+def test_sid_sigma_distribution_is_the_official_formula():
+    """SiD's generator-phase sigma (spec §5, §7): range [0.002, 24.4], quantiles of the official formula."""
+    from di_jax import methods
+    from di_jax.configs.base import base_config
+
+    config = base_config()
+    config.method = "sid"
+    spec = methods.sigma_spec(config, "sigma_gen")
+    n = 200_000
+    s = np.asarray(diffusion.sample_sigma(jax.random.PRNGKey(3), (n,), **spec), np.float64)
+    assert s.min() >= 0.002 * (1 - 1e-5) and s.max() <= _sid_official_sigma(0.8)
+    np.testing.assert_allclose(_sid_official_sigma(0.8), 24.4, atol=0.05)
+    # sigma increases with t ~ U[0, 0.8), so the formula's q-quantile is sigma(t = 0.8 q).
+    for q in (0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99):
+        frac = np.mean(s <= _sid_official_sigma(0.8 * q))
+        assert abs(frac - q) < 5 * np.sqrt(q * (1 - q) / n), (q, frac)
+    assert 0.9 < np.median(s) < 1.0          # median 0.96; the old grid index sampler's was 5.8
+    with pytest.raises(ValueError, match="t_max"):
+        diffusion.sample_sigma(jax.random.PRNGKey(0), (2,), "sid", t_max=1.5)
 
 
 def test_weights_and_conversions():

@@ -190,19 +190,21 @@ def test_bad_config_fails_before_compiling(field, value, match, monkeypatch):
     assert not traced
 
 
-@pytest.mark.parametrize("clip,b1", [(0.0, 0.0), (0.5, 0.0), (0.0, 0.9)])
-def test_flat_optimizer_update_equals_per_leaf_optax_adam(clip, b1):
+@pytest.mark.parametrize("clip,b1,wd", [(0.0, 0.0, 0.0), (0.5, 0.0, 0.0), (0.0, 0.9, 0.0), (10.0, 0.9, 0.01)])
+def test_flat_optimizer_update_equals_per_leaf_optax_adam(clip, b1, wd):
     """`_apply` (optimiser on the raveled gradients; b1 = 0 without a stored first moment) is optax's
-    Adam on the tree, leaf by leaf; a non-finite gradient leaves params and optimiser state unchanged."""
+    Adam (AdamW with weight decay, as DMD2) on the tree, leaf by leaf; a non-finite gradient leaves
+    params and optimiser state unchanged."""
     import optax
 
     from di_jax.configs.base import base_config
     from di_jax.train.state import flat_params, make_optimizer
 
     cfg = base_config().gen_optim
-    cfg.lr, cfg.clip, cfg.b1 = 1e-2, clip, b1
+    cfg.lr, cfg.clip, cfg.b1, cfg.weight_decay = 1e-2, clip, b1, wd
     tx = make_optimizer(cfg)
-    ref = optax.adam(cfg.lr, b1=b1, b2=cfg.b2, eps=cfg.eps)
+    ref = (optax.adamw(cfg.lr, b1=b1, b2=cfg.b2, eps=cfg.eps, weight_decay=wd) if wd
+           else optax.adam(cfg.lr, b1=b1, b2=cfg.b2, eps=cfg.eps))
     ref = optax.chain(optax.clip_by_global_norm(clip), ref) if clip else ref
     k = jax.random.split(jax.random.PRNGKey(0), 4)
     params = {"a": {"kernel": jax.random.normal(k[0], (3, 4)), "bias": jnp.zeros(4)},
@@ -212,7 +214,8 @@ def test_flat_optimizer_update_equals_per_leaf_optax_adam(clip, b1):
         grads = jax.tree.map(lambda p: jax.random.normal(jax.random.fold_in(k[2], i), p.shape) * (i + 1), params)
         updates, ref_state = ref.update(grads, ref_state, params)
         want = jax.tree.map(lambda p, u: p + u, params, updates)
-        got, flat_state, ok, gnorm, unorm = step_lib._apply(tx, jnp.float32(1.0), grads, params, flat_state)
+        got, flat_state, ok, gnorm, unorm = step_lib._apply(tx, jnp.float32(1.0), grads, params, flat_state,
+                                                            with_params=wd > 0)
         assert bool(ok)
         np.testing.assert_allclose(gnorm, np.sqrt(sum(float(jnp.sum(g ** 2)) for g in jax.tree.leaves(grads))),
                                    rtol=1e-6)
@@ -223,7 +226,7 @@ def test_flat_optimizer_update_equals_per_leaf_optax_adam(clip, b1):
         params = want
     bad = jax.tree.map(jnp.zeros_like, params)
     bad["b"] = bad["b"].at[2].set(jnp.nan)
-    got, new_state, ok, _, unorm = step_lib._apply(tx, jnp.float32(1.0), bad, params, flat_state)
+    got, new_state, ok, _, unorm = step_lib._apply(tx, jnp.float32(1.0), bad, params, flat_state, with_params=wd > 0)
     assert not bool(ok) and float(unorm) == 0.0
     for a, b in zip(jax.tree.leaves((got, new_state)), jax.tree.leaves((params, flat_state))):
         np.testing.assert_array_equal(a, b)

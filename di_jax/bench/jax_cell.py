@@ -30,7 +30,7 @@ def bench_config(name: str, method: str, batch: int, precision: str, remat: str 
     config.remat = remat
     config.num_devices = devices
     config.teacher.kind = "edm"
-    config.networks.update(kind="edm", sigma_init=sigma_init(name), teacher_dropout=True,
+    config.networks.update(kind="edm", sigma_init=sigma_init(name),
                            dtype=PRECISIONS[precision])
     return config
 
@@ -73,7 +73,7 @@ def run_jax(name: str, method: str, batch: int, precision: str, remat: str = "no
     module = build_network(dict(net_cfg, dtype=config.networks.dtype))
 
     rss = measure.RssPeak()
-    teacher = edm_teacher(module, random_params(module, net_cfg, seed), dropout=True)
+    teacher = edm_teacher(module, random_params(module, net_cfg, seed))
     s = setup(config, teacher=teacher, mesh=sharding.make_mesh(devices))
     compiled, state, teacher_params, compile_s = s.compiled, s.state, s.teacher_params, s.compile_seconds
     del s, teacher                     # the unreplicated teacher may be freed, as in a training run

@@ -8,7 +8,8 @@
 import os
 
 DIR = os.path.dirname(os.path.abspath(__file__))
-NAMES = tuple(sorted(f[:-3] for f in os.listdir(DIR) if f.endswith(".py") and f not in ("__init__.py", "base.py")))
+_NOT_CONFIGS = ("__init__.py", "base.py", "paper.py")       # the schema and the recipes' skeleton
+NAMES = tuple(sorted(f[:-3] for f in os.listdir(DIR) if f.endswith(".py") and f not in _NOT_CONFIGS))
 DEFAULT = "digits_sim"
 
 

@@ -24,18 +24,28 @@ def base_config() -> ml_collections.ConfigDict:
     c.batch_size = 256                    # global batch, sharded over all devices
     c.num_steps = 1000                    # generator updates
     c.fake_steps = 1                      # fake-score (DSM) updates per generator update
+    # False (official DI / SiD loops): each fake update and the generator phase draw their own z.
+    # True: the generator phase's pass also feeds the first fake update (one generator forward fewer).
+    c.share_generator_pass = False
 
     # noise levels: kind in diffusion.SIGMA_SAMPLERS plus its keyword arguments; "auto": the method's own
     c.sigma_gen = ml_collections.ConfigDict(dict(kind="auto"))
     c.sigma_fake = ml_collections.ConfigDict(dict(kind="auto"))
 
-    c.gen_optim = ml_collections.ConfigDict(dict(lr=1e-5, b1=0.0, b2=0.999, eps=1e-8, clip=0.0))
-    c.fake_optim = ml_collections.ConfigDict(dict(lr=1e-5, b1=0.0, b2=0.999, eps=1e-8, clip=0.0))
+    # Adam (b1 = 0 in DI / SiD / SIM); weight_decay > 0: AdamW (decoupled, DMD2); clip: global norm, 0 off
+    c.gen_optim = ml_collections.ConfigDict(dict(lr=1e-5, b1=0.0, b2=0.999, eps=1e-8, clip=0.0, weight_decay=0.0))
+    c.fake_optim = ml_collections.ConfigDict(dict(lr=1e-5, b1=0.0, b2=0.999, eps=1e-8, clip=0.0, weight_decay=0.0))
     c.ema = ml_collections.ConfigDict(dict(halflife_kimg=500.0, rampup=0.05))   # EDM's rule
 
     c.teacher = ml_collections.ConfigDict(dict(kind="ring", num_modes=8, radius=2.0, std=0.05, path=""))
+    # networks.dropout (network teachers): < 0 keeps the checkpoint's rate, >= 0 overrides it; which
+    # network runs with dropout in which phase is the method's convention (di_jax.methods)
     c.networks = ml_collections.ConfigDict(dict(kind="mlp", hidden=128, depth=3, sigma_data=1.0,
-                                                sigma_init=2.5, teacher_dropout=False))
+                                                sigma_init=2.5, dropout=-1.0))
+    # EDM's augmentation of the fake score's training samples (di_jax.augment; p = 0 disables); the
+    # networks must take augment_dim = 9 augment labels (official CIFAR-10 teachers do)
+    c.augment = ml_collections.ConfigDict(dict(p=0.0, xflip=1e8, yflip=1.0, scale=1.0, rotate_frac=1.0,
+                                               aniso=1.0, translate_frac=1.0))
 
     c.log_every = 100
     c.ckpt_every = 1000
@@ -94,6 +104,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
             raise ValueError(f"config.{opt}.b1/b2 must lie in [0, 1); got {o.b1}, {o.b2}")
         if o.clip < 0:
             raise ValueError(f"config.{opt}.clip must be >= 0 (0 disables); got {o.clip}")
+        if not 0 <= o.get("weight_decay", 0.0) < 1:
+            raise ValueError(f"config.{opt}.weight_decay must lie in [0, 1) (0: Adam); got {o.weight_decay}")
     if config.get("num_devices", 0) < 0:
         raise ValueError(f"config.num_devices must be >= 0 (0: all devices); got {config.num_devices}")
     if config.batch_size % num_devices:
@@ -114,5 +126,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         raise ValueError(f"config.remat must be one of {REMAT_MODES}; got {config.remat!r}")
     if config.networks.get("dtype", "float32") not in COMPUTE_DTYPES:
         raise ValueError(f"config.networks.dtype must be one of {COMPUTE_DTYPES}; got {config.networks.dtype!r}")
+    aug = config.get("augment")
+    if aug is not None:
+        if not 0.0 <= aug.p <= 1.0:
+            raise ValueError(f"config.augment.p must lie in [0, 1]; got {aug.p}")
+        if aug.p > 0 and config.networks.kind != "edm":
+            raise ValueError(f"config.augment.p > 0 needs a network family with augment labels (edm); "
+                             f"got config.networks.kind={config.networks.kind!r}")
     if config.ema.rampup < 0:
         raise ValueError(f"config.ema.rampup must be >= 0; got {config.ema.rampup}")

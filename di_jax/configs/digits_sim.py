@@ -17,8 +17,7 @@ def get_config(method: str = "sim"):
     c.method = method or "sim"
     c.distance.update(name="pseudo_huber", c=1.0)
     c.teacher = ml_collections.ConfigDict(dict(kind="edm", path=""))      # '': embedded digits teacher
-    c.networks = ml_collections.ConfigDict(dict(kind="edm", sigma_init=2.5, teacher_dropout=False,
-                                                dtype="float32"))
+    c.networks = ml_collections.ConfigDict(dict(kind="edm", sigma_init=2.5, dropout=-1.0, dtype="float32"))
     c.batch_size = 64
     c.num_steps = 800
     c.fake_steps = 1

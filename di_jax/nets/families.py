@@ -30,10 +30,11 @@ class Networks(NamedTuple):
     latent_shape: Tuple[int, ...]   # per-example shape of z ~ N(0, I)
     label_dim: int                  # 0: unconditional; else labels are one-hot [B, label_dim]
     generate: Callable              # (gen_params, z, labels, rng) -> x0
-    fake_denoise: Callable          # (fake_params, x, sigma, labels, rng) -> D
+    fake_denoise: Callable          # (fake_params, x, sigma, labels, rng[, augment_labels=...]) -> D
     teacher_denoise: Callable       # (teacher_params, x, sigma, labels, rng) -> D
     init_generator: Callable        # (rng, teacher_params) -> gen_params
     init_fake: Callable             # (rng, teacher_params) -> fake_params
+    augment_dim: int = 0            # augment labels fake_denoise takes (keyword, di_jax.augment); 0: none
 
 
 def mlp_networks(cfg, teacher: Teacher) -> Networks:
@@ -51,7 +52,7 @@ def mlp_networks(cfg, teacher: Teacher) -> Networks:
     def generate(params, z, labels, rng=None):
         return gen.apply({"params": params}, z)
 
-    def fake_denoise(params, x, sigma, labels, rng=None):
+    def fake_denoise(params, x, sigma, labels, rng=None, augment_labels=None):
         return fake.apply({"params": params}, x, sigma)
 
     return Networks(
@@ -65,7 +66,8 @@ def teacher_copy_networks(cfg, teacher: Teacher) -> Networks:
     """Generator and fake score as copies of a network teacher; x0 = D_theta(sigma_init z; sigma_init, labels).
 
     z ~ N(0, I) has the image shape (DI eq. B.3; SIM eq. B.4). Both start from the teacher's
-    parameters. Dropout follows the teacher's denoiser (config.networks.teacher_dropout).
+    parameters and share its architecture, dropout rate and augment labels (`augment_dim`); each
+    network runs in train mode exactly when the step passes it a dropout rng.
 
     Args:
       cfg: config.networks (sigma_init).
@@ -83,7 +85,7 @@ def teacher_copy_networks(cfg, teacher: Teacher) -> Networks:
     shape = tuple(teacher.data_shape)
     return Networks(data_shape=shape, latent_shape=shape, label_dim=teacher.label_dim,
                     generate=generate, fake_denoise=denoise, teacher_denoise=denoise,
-                    init_generator=copy, init_fake=copy)
+                    init_generator=copy, init_fake=copy, augment_dim=teacher.augment_dim)
 
 
 FAMILIES: Dict[str, Callable[[Any, Teacher], Networks]] = {"mlp": mlp_networks, "edm": teacher_copy_networks}

@@ -35,13 +35,22 @@ def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformati
     With b1 = 0 Adam's first moment is just the gradient: the same update (bias-corrected second
     moment, eps outside the square root) is built without storing it, which saves one
     parameter-sized buffer per network in the state and the copies XLA makes of it in the step.
+    `weight_decay` > 0 makes it AdamW (decoupled: u = -lr (adam + wd p), as torch.optim.AdamW and
+    DMD2); its `update` then needs the parameters (`needs_params`).
     """
+    wd = cfg.get("weight_decay", 0.0)
     if cfg.b1 == 0:
-        adam = optax.chain(optax.scale_by_rms(decay=cfg.b2, eps=cfg.eps, eps_in_sqrt=False, bias_correction=True),
-                           optax.scale(-cfg.lr))
+        adam = optax.scale_by_rms(decay=cfg.b2, eps=cfg.eps, eps_in_sqrt=False, bias_correction=True)
     else:
-        adam = optax.adam(cfg.lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
-    return optax.chain(optax.clip_by_global_norm(cfg.clip), adam) if cfg.clip > 0 else adam
+        adam = optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+    parts = [optax.clip_by_global_norm(cfg.clip)] if cfg.clip > 0 else []
+    parts += [adam] + ([optax.add_decayed_weights(wd)] if wd > 0 else []) + [optax.scale(-cfg.lr)]
+    return optax.chain(*parts)
+
+
+def needs_params(cfg: ml_collections.ConfigDict) -> bool:
+    """Whether the optimiser of `cfg` reads the parameters (weight decay)."""
+    return cfg.get("weight_decay", 0.0) > 0
 
 
 def flat_params(tree: PyTree) -> jax.Array:
@@ -66,10 +75,15 @@ def create_state(rng: jax.Array, gen_params: PyTree, fake_params: PyTree,
 
 
 def ema_decay(step: jax.Array, batch_size: int, halflife_kimg: float, rampup: float) -> jax.Array:
-    """EDM's EMA: beta = 0.5^(batch / halflife_img), halflife_img = min(halflife, rampup * images seen)."""
+    """EDM's EMA: beta = 0.5^(batch / halflife_img), halflife_img = min(halflife, rampup * images seen).
+
+    As in EDM's training loop, "images seen" counts the images *before* this step (`cur_nimg` is
+    incremented after the EMA update): with a ramp-up, beta = 0 at step 0 and the EMA starts as the
+    parameters after the first update.
+    """
     halflife = jnp.float32(halflife_kimg * 1000.0)
     if rampup > 0:
-        halflife = jnp.minimum(halflife, (step + 1).astype(jnp.float32) * batch_size * rampup)
+        halflife = jnp.minimum(halflife, step.astype(jnp.float32) * batch_size * rampup)
     return 0.5 ** (batch_size / jnp.maximum(halflife, 1e-8))
 
 

@@ -6,9 +6,14 @@
 
 that draws the step's class labels, performs `config.fake_steps` fake-score (DSM) updates on
 stopped generator samples, then one generator update with the method of `config.method` (looked up
-in `di_jax.methods`), then the EMA update. The generator's forward pass is run once: the fake phase
-uses its stopped output and the generator phase pulls the loss gradient with respect to x0 back
-through the stored VJP.
+in `di_jax.methods`), then the EMA update. As in the official DI and SiD loops, every fake update
+draws its own z and runs the generator in eval mode, and the generator phase draws a fresh z (its
+pass in train mode); the generator phase pulls the loss gradient with respect to x0 back through
+the VJP of its pass. `config.share_generator_pass` instead reuses the generator phase's pass, stopped,
+for the first fake update (one generator forward fewer per step; the two phases then see the same
+samples). Dropout follows the method's convention (table in `di_jax.methods`); with
+`config.augment.p > 0` the fake phase trains on EDM-augmented samples with their augment labels
+(`di_jax.augment`), the generator phase passes none (zeros).
 
 Randomness is stateless and named: the step key is fold_in(state.rng, state.step); `Stream` and
 `Draw` below name every fold_in. Every draw is made for the *global* batch and then sharded, so the
@@ -32,12 +37,12 @@ import ml_collections
 import optax
 from jax.flatten_util import ravel_pytree
 
-from di_jax import diffusion, losses, methods
+from di_jax import augment, diffusion, losses, methods
 from di_jax.configs.base import validate
 from di_jax.nets.families import Networks
 from di_jax.train import sharding
 from di_jax.train.remat import remat_networks
-from di_jax.train.state import TrainState, ema_decay, make_optimizer
+from di_jax.train.state import TrainState, ema_decay, make_optimizer, needs_params
 
 sg = jax.lax.stop_gradient
 PyTree = Any
@@ -55,26 +60,27 @@ class Draw(enum.IntEnum):
     LATENTS = 0
     SIGMA = 2
     NOISE = 3
-    DROPOUT = 4         # the generator's (and, in the fake phase, the fake network's) dropout mask
+    GEN_DROPOUT = 4     # the generator's dropout mask (generator phase, or the shared pass)
     NET_DROPOUT = 5     # generator phase: the mask shared by teacher and fake score ('shared' convention)
+    FAKE_DROPOUT = 6    # fake phase: the fake network's dropout mask
+    AUGMENT = 7         # fake phase: EDM augmentation (di_jax.augment)
 
 
 def _select(ok: jax.Array, new: PyTree, old: PyTree) -> PyTree:
     return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
 
 
-def _apply(tx: optax.GradientTransformation, loss, grads, params, opt_state):
+def _apply(tx: optax.GradientTransformation, loss, grads, params, opt_state, with_params: bool = False):
     """One optimiser update, skipped (params and state unchanged) if the loss or a gradient is non-finite.
 
     The optimiser runs on the raveled gradient vector and its state lives on that vector
     (state.flat_params): Adam is element-wise, so this is the same update as per leaf, compiled as a
     handful of kernels instead of several per parameter leaf. Only the final `p + u` is per leaf,
-    where it can update the donated parameters in place. The transformations of `make_optimizer`
-    do not read the parameters, so none are passed. Returns (params, opt state, ok, grad norm,
-    update norm).
+    where it can update the donated parameters in place. The raveled parameters are passed only
+    `with_params` (weight decay reads them). Returns (params, opt state, ok, grad norm, update norm).
     """
     flat_grads, unravel = ravel_pytree(grads)
-    updates, new_opt_state = tx.update(flat_grads, opt_state)
+    updates, new_opt_state = tx.update(flat_grads, opt_state, ravel_pytree(params)[0] if with_params else None)
     ok = jnp.isfinite(loss) & jnp.all(jnp.isfinite(flat_grads))
     new_params = jax.tree.map(lambda p, u: jnp.where(ok, p + u, p), params, unravel(updates))
     update_norm = jnp.where(ok, jnp.linalg.norm(updates), 0.0)
@@ -101,10 +107,12 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
     method = methods.get(config.method)
     nets = remat_networks(nets, config.get("remat", "none"))
     gen_tx, fake_tx = make_optimizer(config.gen_optim), make_optimizer(config.fake_optim)
+    gen_wd, fake_wd = needs_params(config.gen_optim), needs_params(config.fake_optim)
     gen_loss = functools.partial(method.generator_loss, **method.options(config))
     batch = config.batch_size
     sigma_gen, sigma_fake = methods.sigma_spec(config, "sigma_gen"), methods.sigma_spec(config, "sigma_fake")
     shard = functools.partial(sharding.shard_batch, mesh=mesh)
+    share = bool(config.get("share_generator_pass", False))
     fold = jax.random.fold_in
 
     def draw_sigma(rng, spec):
@@ -124,42 +132,60 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
         labels = jax.random.randint(fold(rng, Stream.LABELS), (batch,), 0, nets.label_dim)
         return shard(jax.nn.one_hot(labels, nets.label_dim, dtype=jnp.float32))
 
+    dropout = method.dropout != "off"
+    augment_cfg = augment.from_config(config.get("augment"))
+    if augment_cfg is not None and augment.augment_dim(augment_cfg) != nets.augment_dim:
+        raise ValueError(f"config.augment gives {augment.augment_dim(augment_cfg)} augment labels but the networks "
+                         f"take {nets.augment_dim} (augment_dim of the teacher); set config.augment.p=0 for a "
+                         f"teacher trained without augmentation")
+
+    def generate(params, rng, labels, train):
+        """x0 of fresh latents; the generator in train mode (its own dropout mask) only if `train`."""
+        drop = fold(rng, Draw.GEN_DROPOUT) if train and dropout else None
+        return shard(nets.generate(params, draw_latents(rng), labels, drop))
+
     def fake_update(params, opt_state, x0, labels, rng):
-        """DSM on stopped generator samples (DI Alg. 1 phase 1)."""
-        sigma, noise, drop = draw_sigma(rng, sigma_fake), draw_noise(rng, x0), fold(rng, Draw.DROPOUT)
+        """DSM on stopped generator samples (DI Alg. 1 phase 1), EDM-augmented if configured."""
+        aug = {}                      # families without augment labels need not take the keyword
+        if augment_cfg is not None:
+            x0, aug_labels = augment.augment(fold(rng, Draw.AUGMENT), x0, augment_cfg)
+            x0, aug = shard(x0), dict(augment_labels=shard(aug_labels))
+        sigma, noise = draw_sigma(rng, sigma_fake), draw_noise(rng, x0)
+        drop = fold(rng, Draw.FAKE_DROPOUT) if dropout else None
 
         def loss_fn(p):
-            denoise = lambda x, s, l: nets.fake_denoise(p, x, s, l, drop)
+            denoise = lambda x, s, l: nets.fake_denoise(p, x, s, l, drop, **aug)
             value, aux = losses.dsm_loss(denoise, x0, sigma, noise, labels)
             return jnp.mean(value), aux
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        params, opt_state, ok, gnorm, _ = _apply(fake_tx, loss, grads, params, opt_state)
+        params, opt_state, ok, gnorm, _ = _apply(fake_tx, loss, grads, params, opt_state, fake_wd)
         return params, opt_state, loss, aux, ok, gnorm
 
     def step(state: TrainState, teacher_params: PyTree):
         rng = fold(state.rng, state.step)
         labels = draw_labels(rng)
         gen_rng, fake_rng = fold(rng, Stream.GENERATOR), fold(rng, Stream.FAKE)
+        gen_pass = lambda p: generate(p, gen_rng, labels, train=True)
+        if share:
+            x0, gen_vjp = jax.vjp(gen_pass, state.gen_params)
 
-        x0, gen_vjp = jax.vjp(lambda p: nets.generate(p, draw_latents(gen_rng), labels, fold(gen_rng, Draw.DROPOUT)),
-                              state.gen_params)
-        x0 = shard(x0)
-
-        # Phase 1: fake-score updates. The first reuses the generator pass; later ones draw afresh.
+        # Phase 1: fake-score updates, each on its own eval-mode generator samples (the first on the
+        # generator phase's pass when it is shared).
         fake_params, fake_opt_state = state.fake_params, state.fake_opt_state
         fake_skipped = jnp.zeros((), jnp.int32)
         fake_loss = fake_gnorm = jnp.zeros(())
         fake_aux = {}
         for i in range(config.fake_steps if method.needs_fake else 0):
             r = fold(fake_rng, i)
-            xi = sg(x0) if i == 0 else sg(shard(nets.generate(state.gen_params, draw_latents(r), labels,
-                                                              fold(r, Draw.DROPOUT))))
+            xi = sg(x0) if share and i == 0 else sg(generate(state.gen_params, r, labels, train=False))
             fake_params, fake_opt_state, fake_loss, fake_aux, ok, fake_gnorm = fake_update(
                 fake_params, fake_opt_state, xi, labels, r)
             fake_skipped += (~ok).astype(jnp.int32)
 
-        # Phase 2: generator update through d loss / d x0, pulled back by the stored VJP.
+        # Phase 2: generator update through d loss / d x0, pulled back by the VJP of its pass.
+        if not share:
+            x0, gen_vjp = jax.vjp(gen_pass, state.gen_params)
         sigma, noise = draw_sigma(gen_rng, sigma_gen), draw_noise(gen_rng, x0)
         net_drop = fold(gen_rng, Draw.NET_DROPOUT) if method.dropout == "shared" else None
         fake_den = None
@@ -174,7 +200,7 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
         (gen_value, gen_aux), g_x0 = jax.value_and_grad(objective, has_aux=True)(x0)
         (grads,) = gen_vjp(g_x0)
         gen_params, gen_opt_state, gen_ok, gen_gnorm, gen_unorm = _apply(
-            gen_tx, gen_value, grads, state.gen_params, state.gen_opt_state)
+            gen_tx, gen_value, grads, state.gen_params, state.gen_opt_state, gen_wd)
 
         beta = ema_decay(state.step, batch, config.ema.halflife_kimg, config.ema.rampup)
         ema_params = jax.tree.map(lambda e, p: beta * e + (1 - beta) * p, state.ema_params, gen_params)
