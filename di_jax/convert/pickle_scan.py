@@ -106,7 +106,7 @@ class _Scan:
         self.raw_pos = start
         self.finding: str | None = None  # first unsupported tensor kind / dtype seen (reported at the end)
         self.finding_rank = 0
-        self.dispatch = {op.name: self._handler(op.name) for op in pickletools.opcodes}
+        self.dispatch: dict = {}  # opcode name -> handler, built on first use (a storage pickle uses ~10 of 68)
 
     @property
     def pos(self) -> int:
@@ -343,7 +343,10 @@ def scan_pickle(stream, what: str = "pickle", limits: PickleLimits = DEFAULT_LIM
             scan.raw_pos = pos
             if n > max_ops:
                 raise scan.fail(f"more than {max_ops} opcodes")
-            dispatch[opcode.name](arg)
+            handler = dispatch.get(opcode.name)
+            if handler is None:
+                handler = dispatch[opcode.name] = scan._handler(opcode.name)
+            handler(arg)
     except CheckpointError:
         raise
     except (ValueError, EOFError, OverflowError, MemoryError, IndexError, TypeError) as e:
