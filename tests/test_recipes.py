@@ -107,9 +107,10 @@ def _stand_in(tmp_path, config):
     return path
 
 
-# CI runs three recipes that between them cover every stand-in kind, method convention and optimiser
-# (~40 s each, mostly XLA compiling); the others are marked slow: `pytest -m slow tests/test_recipes.py`.
-IN_CI = ("cifar10_uncond_sim", "cifar10_cond_sid", "imagenet64_cond_dmd")
+# CI runs two recipes (augmentation + labels + SiD's 'eval' dropout; ADM + AdamW + clipping + 5 fake steps +
+# bfloat16), ~20-40 s each, mostly XLA compiling; the other seven are marked slow (all nine passed when
+# added): `pytest -m slow tests/test_recipes.py`.
+IN_CI = ("cifar10_cond_sid", "imagenet64_cond_dmd")
 
 
 @pytest.mark.parametrize("name", [n if n in IN_CI else pytest.param(n, marks=pytest.mark.slow) for n in RECIPES])
