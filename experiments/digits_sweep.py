@@ -106,6 +106,7 @@ def main(argv=None):
     p.add_argument("--name", default="digits_sweep", help="output file stem under --out")
     p.add_argument("--out", default=RESULTS)
     p.add_argument("--workdir", default="/tmp/digits_sweep")
+    p.add_argument("--table-only", action="store_true", help="write the table of the runs in <name>.json, run nothing")
     args = p.parse_args(argv)
     variants = [parse_variant(v) for v in args.variant] or [("main job", {})]
     seeds = [int(s) for s in args.seeds.split(",") if s]
@@ -117,7 +118,7 @@ def main(argv=None):
             runs = json.load(f)["runs"]
     for name, overrides in variants:
         for seed in seeds:
-            if any(r["variant"] == name and r["seed"] == seed for r in runs):
+            if args.table_only or any(r["variant"] == name and r["seed"] == seed for r in runs):
                 continue
             r = run_one(overrides, seed, os.path.join(args.workdir, f"{name}_seed{seed}".replace("/", "_")))
             runs.append(dict(variant=name, overrides=overrides, **r))
