@@ -50,7 +50,8 @@ every case tried, against rounding differences of ~1e-5 in float32. Random numbe
 
 API: `augment(rng, images, cfg) -> (images, labels)`; its deterministic halves `sample_params`,
 `params_to_labels` and `apply_params`, and the building blocks `geometric_matrix`, `color_matrix`,
-`resample`, `translate_int_pixels`, `rotate_int_pixels` (in `di_jax.augment_ops`, re-exported here). `cfg` is a static (hashable) `AugmentConfig`.
+`resample`, `translate_int_pixels`, `rotate_int_pixels` (in `di_jax.augment_ops`, re-exported here).
+`cfg` is a static (hashable) `AugmentConfig`.
 """
 
 import dataclasses
