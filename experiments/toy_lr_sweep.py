@@ -34,26 +34,45 @@ LABELS = {"sim": "SIM (pseudo-Huber)", "sim_paper": "SIM, paper sigma_gen", "di"
           "dmd": "DMD"}
 COLOURS = {"sim": (31, 90, 200), "sim_paper": (120, 170, 240), "di": (220, 80, 30), "sid": (40, 160, 60),
            "dmd": (150, 60, 170)}
-C_COLOURS = ((20, 20, 90), (60, 110, 230), (150, 190, 250), (0, 170, 200), (90, 90, 90))
+C_COLOURS = ((20, 20, 90), (60, 110, 230), (150, 190, 250), (0, 170, 200), (90, 90, 90), (200, 120, 0))
+
+
+PARAMETRISED = {"sim_c": ("sim", "distance.c", "SIM, c = {:g}"), "sid_a": ("sid", "sid_alpha", "SiD, alpha = {:g}")}
+
+
+def _parametrised(name: str):
+    """('sim_c', value) for 'sim_c0.03' etc., or None for a plain method name."""
+    for prefix in PARAMETRISED:
+        if name.startswith(prefix):
+            try:
+                return prefix, float(name[len(prefix):])
+            except ValueError:
+                break
+    return None
 
 
 def _method(name: str):
-    """(method, overrides) of a sweep entry; 'sim_c<value>' is SIM with pseudo-Huber c = value."""
-    if name.startswith("sim_c"):
-        return "sim", {"distance.c": float(name[5:])}
+    """(method, overrides) of a sweep entry: a METHODS name, 'sim_c<c>' (SIM with pseudo-Huber c) or
+    'sid_a<alpha>' (SiD with that alpha)."""
+    p = _parametrised(name)
+    if p:
+        method, key, _ = PARAMETRISED[p[0]]
+        return method, {key: p[1]}
     if name not in METHODS:
-        raise SystemExit(f"toy_lr_sweep: error: unknown method {name!r}; choose from {sorted(METHODS)} or sim_c<c>")
+        raise SystemExit(f"toy_lr_sweep: error: unknown method {name!r}; choose from {sorted(METHODS)}, "
+                         f"sim_c<c> or sid_a<alpha>")
     return METHODS[name]
 
 
 def _label(name: str) -> str:
-    return f"SIM, c = {float(name[5:]):g}" if name.startswith("sim_c") else LABELS[name]
+    p = _parametrised(name)
+    return PARAMETRISED[p[0]][2].format(p[1]) if p else LABELS[name]
 
 
 def _colour(name: str, methods: Sequence[str]):
-    if name.startswith("sim_c"):
-        cs = [m for m in methods if m.startswith("sim_c")]
-        return C_COLOURS[cs.index(name) % len(C_COLOURS)]
+    if _parametrised(name):
+        ps = [m for m in methods if _parametrised(m)]
+        return C_COLOURS[ps.index(name) % len(C_COLOURS)]
     return COLOURS[name]
 
 
@@ -165,7 +184,8 @@ def plot(path: str, runs: Sequence[Dict[str, Any]], methods: Sequence[str], lrs:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default="sim,sim_paper,di,sid",
-                        help=f"from {sorted(METHODS)}, or sim_c<c> (SIM with pseudo-Huber c, e.g. sim_c0.03)")
+                        help=f"from {sorted(METHODS)}, sim_c<c> (SIM with pseudo-Huber c, e.g. sim_c0.03) "
+                             "or sid_a<alpha> (SiD with that alpha, e.g. sid_a1)")
     parser.add_argument("--name", default="toy_lr_sweep", help="output file stem under --out")
     parser.add_argument("--lrs", default="1e-4,1e-3,3e-3,1e-2,3e-2,1e-1")
     parser.add_argument("--seeds", default="0,1,2")

@@ -45,3 +45,14 @@ def test_registry_fields_are_one_line_errors(field, value, match):
     with pytest.raises(ValueError, match=match) as e:
         base.validate(c, num_devices=1)
     assert "\n" not in str(e.value)
+
+
+def test_sampler_arguments_with_kind_auto_are_refused():
+    """kind 'auto' takes the method's own sampler, which would silently ignore a user's t_max or p_mean."""
+    c = toy_ring.get_config("sid")
+    c.sigma_gen.t_max = 0.5
+    with pytest.raises(ValueError, match=r"config.sigma_gen sets t_max with kind 'auto'.*kind='sid'") as e:
+        base.validate(c, num_devices=1)
+    assert "\n" not in str(e.value)
+    c.sigma_gen.kind = "sid"                             # named: the argument is used
+    base.validate(c, num_devices=1)

@@ -6,6 +6,7 @@ import os
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,3 +53,11 @@ def test_lr_sweep_table_and_plot(tmp_path):
     assert md.count("\n") == 3 and "/1 |" in md
     toy_lr_sweep.plot(str(tmp_path / "sweep.png"), runs, ["sim"], [1e-3, 1.0])
     assert Image.open(tmp_path / "sweep.png").size[0] > 0
+
+
+def test_lr_sweep_entries_name_their_overrides():
+    assert toy_lr_sweep._method("sim_c0.03") == ("sim", {"distance.c": 0.03})
+    assert toy_lr_sweep._method("sid_a1") == ("sid", {"sid_alpha": 1.0})
+    assert toy_lr_sweep._label("sid_a1.1") == "SiD, alpha = 1.1" and toy_lr_sweep._label("di") == "DI"
+    with pytest.raises(SystemExit, match="unknown method 'sid_ax'"):
+        toy_lr_sweep._method("sid_ax")

@@ -115,6 +115,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         allowed = diffusion.SIGMA_SAMPLERS + ("auto",)
         if config[name].kind not in allowed:
             raise ValueError(f"config.{name}.kind must be one of {allowed}; got {config[name].kind!r}")
+        extra = sorted(k for k in config[name] if k != "kind")
+        if config[name].kind == "auto" and extra:
+            raise ValueError(f"config.{name} sets {', '.join(extra)} with kind 'auto' (the method's own sampler, "
+                             f"which ignores them); name the sampler, e.g. config.{name}.kind="
+                             f"{methods.sigma_spec(config, name)['kind']!r}")
     fid = config.get("fid")
     if fid is not None and fid.every:
         for key in ("ref", "inception"):
