@@ -2,6 +2,7 @@
 the optional PyTorch plug-in. No timing assertions. Also: the remat option leaves the step's numbers unchanged."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -139,3 +140,15 @@ def test_bad_remat_is_a_config_error():
     config.remat = "sometimes"
     with pytest.raises(ValueError, match="config.remat"):
         setup(config, compile=False)
+
+
+def test_trace_writes_a_profile_per_cell(tmp_path, capsys):
+    rc = bench.main(["di-jax bench", "--config", "tiny", "--method", "sim", "--batch", "2", "--steps", "1",
+                     "--warmup", "0", "--torch", "none", "--no-isolate", "--trace", str(tmp_path / "traces"),
+                     "--json", str(tmp_path / "b.json")])
+    assert rc == 0
+    (row,) = json.loads((tmp_path / "b.json").read_text())["rows"]
+    cell_dir = row["jax"]["trace"]
+    assert cell_dir.startswith(str(tmp_path / "traces")) and "tiny_sim_b2_fp32" in cell_dir
+    files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(cell_dir, "plugins", "profile")) for f in fs]
+    assert any(f.endswith(".xplane.pb") and os.path.getsize(f) > 0 for f in files), files

@@ -53,6 +53,44 @@ def test_run_writes_outputs(tmp_path):
     assert "20" in os.listdir(tmp_path / "checkpoints")
 
 
+def _event_images(workdir) -> dict:
+    """{step: HxWx3 uint8} of the 'samples' image summaries in workdir's TensorBoard event files."""
+    import tensorflow as tf
+    from tensorboard.backend.event_processing import event_accumulator
+
+    acc = event_accumulator.EventAccumulator(str(workdir), size_guidance={event_accumulator.TENSORS: 0})
+    acc.Reload()
+    out = {}
+    for event in acc.Tensors("samples"):
+        encoded = tf.make_ndarray(event.tensor_proto)          # [width, height, png bytes...]
+        out[event.step] = tf.io.decode_png(encoded[2]).numpy()
+    return out
+
+
+def test_pictures_reach_tensorboard_and_profile_trace(tmp_path):
+    """The samples pictures at start, every sample_every and at the end are TensorBoard images (the same
+    pixels as the PNGs); config.profile writes a profiler trace; config.json is the run's config."""
+    from PIL import Image
+
+    config = _config(steps=4, sample_every=2, profile=(1, 3))
+    loop.train_and_evaluate(config, str(tmp_path))
+    images = _event_images(tmp_path)
+    assert sorted(images) == [0, 2, 4]
+    for step, name in [(0, "samples_start.png"), (2, "samples_step0000002.png"), (4, "samples_end.png")]:
+        np.testing.assert_array_equal(images[step], np.asarray(Image.open(tmp_path / name).convert("RGB")))
+    traces = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "plugins" / "profile") for f in fs]
+    assert any(t.endswith(".xplane.pb") and os.path.getsize(t) > 0 for t in traces), traces
+    saved = json.load(open(tmp_path / "config.json"))
+    assert saved["num_steps"] == 4 and saved["profile"] == [1, 3] and saved["method"] == config.method
+
+
+@pytest.mark.parametrize("profile", [(3, 3), (2, 9), (-1, 2), (1,)])
+def test_bad_profile_range_is_a_one_line_error(profile):
+    from di_jax.configs.base import validate
+    with pytest.raises(ValueError, match=r"config.profile must be \(start, stop\)"):
+        validate(_config(steps=4, profile=profile), 1)
+
+
 def test_sigterm_then_resume_is_bitwise_identical(tmp_path):
     n = 15
     reference = loop.train_and_evaluate(_config(steps=2 * n), str(tmp_path / "ref"))

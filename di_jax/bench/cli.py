@@ -32,7 +32,7 @@ def run_cell(cell: dict) -> dict:
                   steps=cell["steps"], warmup=cell["warmup"], seed=cell["seed"])
     if kind == "jax":
         return run_jax(remat=cell["remat"], devices=cell["devices"], pipelined_steps=cell.get("pipelined_steps"),
-                       **common)
+                       trace=cell.get("trace"), **common)
     return run_torch(mode=kind.split("-", 1)[1], device=cell.get("torch_device"), **common)
 
 
@@ -140,6 +140,8 @@ def build_parser(prog: str = "di-jax bench") -> argparse.ArgumentParser:
                    help="one subprocess per cell (default: on when more than one cell)")
     p.add_argument("--cell-timeout", type=float, default=1800, help="seconds per isolated cell")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trace", default=None, metavar="DIR",
+                   help="also profile 3 steps of each JAX cell into DIR/<cell>/ (tensorboard --logdir DIR)")
     p.add_argument("--_cell", default=None, help=argparse.SUPPRESS)
     return p
 
@@ -175,7 +177,7 @@ def run(args, command: Optional[str] = None) -> dict:
     for c, m, b, p, r in combos:
         base = dict(config=c, method=m, batch=b, precision=p, steps=args.steps, warmup=args.warmup,
                     seed=args.seed, devices=devices, remat=r, torch_device=args.torch_device,
-                    pipelined_steps=args.pipelined_steps)
+                    pipelined_steps=args.pipelined_steps, trace=args.trace and os.path.abspath(args.trace))
         row = dict(config=c, method=m, batch=b, precision=p, remat=r)
         print(f"[bench] {c} {m} batch {b} {p} remat={r}: jax ...", file=sys.stderr, flush=True)
         row["jax"] = cell(dict(base, kind="jax"), isolate, args.cell_timeout)

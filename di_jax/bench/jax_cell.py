@@ -6,6 +6,7 @@ generator phase + EMA, one jit, donated state) around a teacher with random weig
 (`config.sigma_gen.kind = "auto"`).
 """
 
+import os
 import statistics
 import time
 from typing import Any, Dict, Optional
@@ -36,8 +37,8 @@ def bench_config(name: str, method: str, batch: int, precision: str, remat: str 
 
 
 def run_jax(name: str, method: str, batch: int, precision: str, remat: str = "none", steps: int = 20,
-            warmup: int = 3, devices: int = 1, seed: int = 0, pipelined_steps: Optional[int] = None
-            ) -> Dict[str, Any]:
+            warmup: int = 3, devices: int = 1, seed: int = 0, pipelined_steps: Optional[int] = None,
+            trace: Optional[str] = None) -> Dict[str, Any]:
     """Compiles and times the train step of one (network, method, batch, precision, remat) cell.
 
     Args:
@@ -51,6 +52,8 @@ def run_jax(name: str, method: str, batch: int, precision: str, remat: str = "no
       devices: JAX devices in the data-parallel mesh.
       seed: seed of the random weights and of the run.
       pipelined_steps: steps dispatched back to back for `pipelined_images_per_s` (default: `steps`).
+      trace: if set, 3 more steps run under `jax.profiler` into `<trace>/<cell>/plugins/profile/`
+        (TensorBoard's profile plugin), after the timed steps so that tracing costs them nothing.
 
     Returns:
       The cell's numbers (compile_s, median_ms, images_per_s, ..., finite_loss), as in the JSON output.
@@ -95,6 +98,14 @@ def run_jax(name: str, method: str, batch: int, precision: str, remat: str = "no
             state, metrics = compiled(state, teacher_params)
         jax.block_until_ready(state)
         pipelined = (time.perf_counter() - t0) / max(n_pipe, 1)
+    trace_dir = None
+    if trace:
+        trace_dir = os.path.join(trace, f"{name}_{method}_b{batch}_{precision}_remat-{remat}_d{devices}")
+        jax.profiler.start_trace(trace_dir)
+        for _ in range(3):
+            state, metrics = compiled(state, teacher_params)
+        jax.block_until_ready(state)
+        jax.profiler.stop_trace()
     # no generator update was skipped for a non-finite loss/gradient, and the last gradient is finite
     finite = int(metrics["skipped_gen"]) == 0 and bool(np.isfinite(float(metrics["gen_grad_norm"])))
     stats = jax.devices()[0].memory_stats() or {}
@@ -107,4 +118,5 @@ def run_jax(name: str, method: str, batch: int, precision: str, remat: str = "no
                 images_per_s=round(batch / median, 2), pipelined_images_per_s=round(batch / pipelined, 2),
                 peak_mem_mib=measure.mib(peak), peak_mem_kind=peak_kind, xla_mem_mib=measure.mib(xla_mem),
                 flops_per_step=flops, flops_per_s=None if flops is None else flops / median,
-                params=param_count(state.gen_params), finite_loss=finite, steps=steps, warmup=warmup)
+                params=param_count(state.gen_params), finite_loss=finite, steps=steps, warmup=warmup,
+                **(dict(trace=trace_dir) if trace_dir else {}))

@@ -50,6 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every = 100
     c.ckpt_every = 1000
     c.sample_every = 0                    # 0: only at start and end
+    c.profile = (0, 0)                    # (start, stop): jax.profiler trace of steps start..stop-1 (TensorBoard)
     c.num_samples = 2000                  # for pictures / metrics
     # FID during training (image runs): every N steps when `ref` (EDM .npz stats) and `inception`
     # (pytorch-fid weight file) are given
@@ -138,5 +139,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         if aug.p > 0 and config.networks.kind != "edm":
             raise ValueError(f"config.augment.p > 0 needs a network family with augment labels (edm); "
                              f"got config.networks.kind={config.networks.kind!r}")
+    profile = tuple(config.get("profile", (0, 0)))
+    if len(profile) != 2 or not all(isinstance(v, int) for v in profile) or not (
+            profile == (0, 0) or 0 <= profile[0] < profile[1] <= config.num_steps):
+        raise ValueError(f"config.profile must be (start, stop) steps with 0 <= start < stop <= num_steps "
+                         f"({config.num_steps}), or (0, 0) for none; got {config.profile}")
     if config.ema.rampup < 0:
         raise ValueError(f"config.ema.rampup must be >= 0; got {config.ema.rampup}")

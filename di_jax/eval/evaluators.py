@@ -37,8 +37,8 @@ def _skips(state: TrainState) -> Dict[str, Any]:
     return {"skipped_gen": int(state.skipped_gen), "skipped_fake": int(state.skipped_fake)}
 
 
-def make_pictures(config, nets: Networks, teacher: Teacher, workdir: str) -> Callable[[TrainState, str], None]:
-    """`draw(state, tag)` writing `samples_<tag>.png` of the EMA generator to `workdir`."""
+def make_pictures(config, nets: Networks, teacher: Teacher, workdir: str) -> Callable[[TrainState, str], str]:
+    """`draw(state, tag) -> path` writing `samples_<tag>.png` of the EMA generator to `workdir`."""
     from di_jax.eval.pictures import image_grid_png, scatter_png
 
     seed = _seed(config, "pictures")
@@ -47,10 +47,11 @@ def make_pictures(config, nets: Networks, teacher: Teacher, workdir: str) -> Cal
                                                config.num_samples))
         extent = float(np.abs(np.asarray(teacher.params.means)).max() + 1.0)
 
-        def draw_points(state: TrainState, tag: str) -> None:
+        def draw_points(state: TrainState, tag: str) -> str:
             x = generate_samples(nets, state.ema_params, config.num_samples, seed=seed)
-            scatter_png(os.path.join(workdir, f"samples_{tag}.png"), x, ref, extent=extent,
-                        title=f"{config.method} {tag} (EMA), grey: teacher")
+            path = os.path.join(workdir, f"samples_{tag}.png")
+            scatter_png(path, x, ref, extent=extent, title=f"{config.method} {tag} (EMA), grey: teacher")
+            return path
         return draw_points
 
     ncol = config.get("grid_columns", 10)
@@ -59,10 +60,12 @@ def make_pictures(config, nets: Networks, teacher: Teacher, workdir: str) -> Cal
     num = classes * ncol if classes else ncol * ncol
     scale = max(1, 64 // nets.data_shape[-1])
 
-    def draw_images(state: TrainState, tag: str) -> None:      # one row per class
+    def draw_images(state: TrainState, tag: str) -> str:      # one row per class
         x = generate_samples(nets, state.ema_params, num, seed=seed, batch=256, labels=labels)
-        image_grid_png(os.path.join(workdir, f"samples_{tag}.png"), x.transpose(0, 2, 3, 1), nrow=ncol,
-                       scale=scale, row_labels=[str(c) for c in range(classes)] if classes else None)
+        path = os.path.join(workdir, f"samples_{tag}.png")
+        image_grid_png(path, x.transpose(0, 2, 3, 1), nrow=ncol, scale=scale,
+                       row_labels=[str(c) for c in range(classes)] if classes else None)
+        return path
     return draw_images
 
 

@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 
 from di_jax.eval.evaluators import make_evaluation, make_fid_eval, make_pictures
 from di_jax.train import sharding
+from di_jax.train.run_dir import CONFIG_FILE
 from di_jax.train.setup import setup
 from di_jax.train.state import TrainState, param_count
 
@@ -81,6 +82,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     sharding.maybe_initialize_distributed(config.distributed)
     run = setup(config)   # validates the config and loads the teacher: no workdir is made for a bad run
     os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:         # what `di-jax sample` / `export` / `fid` rebuild the networks from
+        with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
     from clu import metric_writers, parameter_overview, periodic_actions  # imports TensorFlow: seconds
     mesh, nets, teacher = run.mesh, run.nets, run.teacher_params
     draw = make_pictures(config, nets, run.teacher, workdir)
@@ -97,7 +101,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         log.info("generator (%d params):\n%s", param_count(state.gen_params),
                  parameter_overview.get_parameter_overview(state.gen_params))
         log.info("fake score: %d params", param_count(state.fake_params))
-        draw(state, "start")
+        _draw(draw, writer, state, "start", 0)
     writer.write_scalars(start, {"compile_seconds": compile_s})
     fid_eval = make_fid_eval(config, nets) if config.fid.every else None
 
@@ -107,9 +111,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     report = periodic_actions.ReportProgress(num_train_steps=config.num_steps, writer=writer)
     bar = _progress_bar(config.num_steps, start)
     last_saved = start if mngr.latest_step() == start else None
+    profile, tracing = tuple(config.get("profile", (0, 0))), False
     with _StopFlag() as stop:
         for s in range(start, config.num_steps):
+            if s == profile[0] and profile[1] > s:
+                jax.profiler.start_trace(workdir)          # -> <workdir>/plugins/profile/<run>/ (TensorBoard)
+                tracing = True
+                log.info("profiling steps %d..%d into %s", s, profile[1] - 1, workdir)
             state, metrics = compiled(state, teacher)
+            if tracing and s + 1 == profile[1]:
+                jax.block_until_ready(state)
+                jax.profiler.stop_trace()
+                tracing = False
             if sync_each_step:
                 jax.block_until_ready(state.step)
             done = s + 1
@@ -131,7 +144,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                          scores.get("is_mean", float("nan")), scores["num"])
                 writer.write_scalars(done, {f"fid/{k}": v for k, v in scores.items()})
             if config.sample_every and done % config.sample_every == 0:
-                draw(state, f"step{done:07d}")
+                _draw(draw, writer, state, f"step{done:07d}", done)
             if done % config.ckpt_every == 0 or stop.requested:
                 mngr.save(done, args=ocp.args.StandardSave(state))
                 last_saved = done
@@ -139,6 +152,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 log.warning("stopped by %s at step %d; checkpoint saved, rerun the same command to resume",
                             stop.requested, done)
                 break
+        if tracing:                                         # stopped inside the profiled steps
+            jax.block_until_ready(state)
+            jax.profiler.stop_trace()
         if last_saved != int(state.step):
             mngr.save(int(state.step), args=ocp.args.StandardSave(state), force=True)
         mngr.wait_until_finished()
@@ -146,7 +162,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         bar.close()
     writer.flush()
     if int(state.step) == config.num_steps and jax.process_index() == 0:
-        draw(state, "end")
+        _draw(draw, writer, state, "end", int(state.step))
         results = evaluate(state)
         if results:
             numeric = lambda v: isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
@@ -156,6 +172,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             log.info("final metrics: %s", json.dumps(results, default=float))
     writer.close()
     return state
+
+
+def _draw(draw: Callable, writer: Any, state: TrainState, tag: str, step: int) -> None:
+    """Draws the samples picture and writes the same picture to TensorBoard (tag 'samples')."""
+    from PIL import Image
+
+    path = draw(state, tag)
+    with Image.open(path) as img:
+        writer.write_images(step, {"samples": np.asarray(img.convert("RGB"))[None]})
 
 
 def _progress_bar(total: int, start: int) -> Optional[Any]:
