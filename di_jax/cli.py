@@ -1,4 +1,4 @@
-"""The `di-jax` command line: `di-jax {distill,convert,bench,fid} ...`.
+"""The `di-jax` command line: `di-jax {distill,convert,bench,fid,sample,export} ...`.
 
 Each sub-command lives in its own module and is imported only when used, so that
 `di-jax convert` does not pay for TensorFlow and `di-jax distill` does not import torch.
@@ -12,6 +12,8 @@ _COMMANDS = {
     "convert": ("di_jax.convert.cli", "Convert an EDM .pkl / .pt / .safetensors checkpoint to Flax."),
     "bench": ("di_jax.bench", "Benchmark the compiled train step."),
     "fid": ("di_jax.eval.cli", "FID / Inception Score of a generator against reference statistics."),
+    "sample": ("di_jax.sample.cli", "Draw images from a run's distilled generator or from a teacher."),
+    "export": ("di_jax.export.cli", "Export a run's distilled generator to .safetensors / .pt (PyTorch)."),
 }
 
 

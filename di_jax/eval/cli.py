@@ -3,9 +3,11 @@
   di-jax fid --generator IMAGES --ref STATS.npz [--num 50000] --inception pt_inception-2015-12-05.pth
   di-jax fid --ref-from-tfds cifar10 --out STATS.npz [--tfds-data-dir DIR] --inception ...
 
-IMAGES is, for now, a directory of PNG files (sorted by name, converted to RGB) or an `.npz` whose
-`images` array (or only array) is uint8 in [0, 255] or float in [-1, 1], NHWC or NCHW. Generator
-checkpoints will be accepted once the training code defines their format; from Python use
+IMAGES is a run directory (the --workdir of `di-jax distill`: its EMA generator, or the raw one with
+`--raw`, of the latest or `--step` checkpoint draws seeds 0..num-1 with uniformly random classes, as
+`di-jax sample RUN --seeds 0-{num-1} --classes random` does), a directory of PNG files (sorted by
+name, converted to RGB) or an `.npz` whose `images` or `samples` array (or only array) is uint8 in
+[0, 255] or float in [-1, 1], NHWC or NCHW (`di-jax sample --npz` writes one). From Python use
 `di_jax.eval.fid.compute_fid(sample_fn, num, ref_stats, ...)`.
 The Inception weights are pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` (or the same keys as
 .safetensors/.npz), given by `--inception` or the DI_JAX_INCEPTION environment variable.
@@ -16,11 +18,12 @@ import argparse
 import json
 import os
 import sys
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 
 from di_jax.eval import fid, inception_convert
+from di_jax.train.run_dir import RunDirError
 
 WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
                "pt_inception-2015-12-05-6726825d.pth")
@@ -34,7 +37,7 @@ class _Parser(argparse.ArgumentParser):
 def _parser(prog: str) -> argparse.ArgumentParser:
     p = _Parser(prog=prog, description="FID / Inception Score with the TF 2015-12-05 Inception detector.")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--generator", help="directory of PNGs or .npz of images (see module doc)")
+    src.add_argument("--generator", help="run directory, directory of PNGs or .npz of images (see module doc)")
     src.add_argument("--ref-from-tfds", metavar="NAME", help="build reference stats of a tfds dataset")
     p.add_argument("--ref", help="reference statistics .npz (EDM format: mu, sigma)")
     p.add_argument("--out", help="output .npz for --ref-from-tfds")
@@ -45,6 +48,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                    help="Inception weights (.pth/.safetensors/.npz); default $DI_JAX_INCEPTION")
     p.add_argument("--batch", type=int, default=250, help="images per detector call (default 250)")
     p.add_argument("--splits", type=int, default=10, help="Inception Score splits (0: skip IS)")
+    p.add_argument("--step", type=int, help="run directory: the checkpoint step (default the latest)")
+    p.add_argument("--raw", action="store_true", help="run directory: the raw generator instead of its EMA")
     return p
 
 
@@ -59,9 +64,10 @@ def _npz_images(path: str) -> np.ndarray:
     try:
         with np.load(path, allow_pickle=False) as data:
             keys = data.files
-            if "images" not in keys and len(keys) != 1:
-                raise fid.FidError(f"{path}: expected an 'images' array or a single array, found {keys}")
-            images = data["images" if "images" in keys else keys[0]]
+            name = next((k for k in ("images", "samples") if k in keys), keys[0] if len(keys) == 1 else None)
+            if name is None:
+                raise fid.FidError(f"{path}: expected an 'images' or 'samples' array or a single array, found {keys}")
+            images = data[name]
     except fid.FidError:
         raise
     except Exception as e:  # noqa: BLE001 - any reader failure is a bad file
@@ -86,18 +92,42 @@ def _png_batches(files: list[str], batch: int) -> Iterator[np.ndarray]:
         yield np.stack(imgs)
 
 
-def generator_batches(path: str, batch: int) -> Iterator[np.ndarray]:
-    """Batches of images from a PNG directory or an .npz file (validated before any compute)."""
+def run_batches(path: str, num: int, batch: int, step: Optional[int] = None, raw: bool = False) -> Iterator[np.ndarray]:
+    """uint8 NHWC images of a run's generator for seeds 0..num-1 with random classes (`di-jax sample`'s loop)."""
+    import jax
+
+    from di_jax.sample import writers
+    from di_jax.sample.generate import generate
+    from di_jax.sample.seeds import seed_classes
+    from di_jax.sample.sources import run_source
+
+    source = run_source(path, step, raw)          # loaded now: a bad run directory fails before any compute
+    if len(source.data_shape) != 3:
+        raise fid.FidError(f"{path}: the run's samples have shape {source.data_shape}, not images")
+    seeds = np.arange(num, dtype=np.uint32)
+    classes = seed_classes(seeds, source.label_dim, "random")
+    per_device = -(-batch // jax.device_count())
+    return (writers.to_uint8(x) for _, _, x in generate(source, seeds, classes, per_device, progress=True))
+
+
+def generator_batches(path: str, batch: int, num: int = 50000, step: Optional[int] = None,
+                      raw: bool = False) -> Iterator[np.ndarray]:
+    """Batches of images from a run directory, a PNG directory or an .npz file (validated before any compute)."""
+    from di_jax.sample.sources import is_run_dir
+
+    if is_run_dir(path):
+        return run_batches(path, num, batch, step, raw)
+    if step is not None or raw:
+        raise fid.FidError(f"{path}: --step and --raw apply to run directories (with config.json and checkpoints/)")
     if os.path.isdir(path):
         files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(".png"))
         if not files:
-            raise fid.FidError(f"no .png files in {path} (generator checkpoints are not supported yet)")
+            raise fid.FidError(f"no .png files in {path}, and it is not a run directory (no config.json)")
         return _png_batches(files, batch)
     if not os.path.isfile(path):
         raise fid.FidError(f"generator images not found: {path}")
     if not path.endswith(".npz"):
-        raise fid.FidError(f"{path}: expected a PNG directory or an .npz of images "
-                           "(generator checkpoints are not supported yet)")
+        raise fid.FidError(f"{path}: expected a run directory, a PNG directory or an .npz of images")
     images = _npz_images(path)
     return (images[s:s + batch] for s in range(0, len(images), batch))
 
@@ -116,8 +146,8 @@ def _run(args) -> dict:
     if not args.ref:
         raise fid.FidError("--generator needs --ref STATS.npz (build one with --ref-from-tfds)")
     ref_mu, ref_sigma = fid.load_stats(args.ref)
-    batches = generator_batches(args.generator, args.batch)
     num = 50000 if args.num is None else args.num
+    batches = generator_batches(args.generator, args.batch, num, args.step, args.raw)
     stats, is_state = fid.accumulate(batches, _feature_fn(args), num, args.splits)
     result = {"fid": fid.frechet_distance(*fid.stats_finalize(stats), ref_mu, ref_sigma), "num": num}
     if args.splits:
@@ -132,7 +162,7 @@ def main(argv=None) -> int:
         result = _run(_parser(prog).parse_args(argv[1:]))
     except SystemExit as e:  # --help
         return int(e.code or 0)
-    except (fid.FidError, inception_convert.InceptionWeightsError) as e:
+    except (fid.FidError, inception_convert.InceptionWeightsError, RunDirError) as e:
         print(f"{prog}: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
     print(json.dumps(result))
