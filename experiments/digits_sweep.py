@@ -48,7 +48,8 @@ def parse_variant(spec: str) -> tuple:
     return name, overrides
 
 
-def run_one(overrides: Dict[str, Any], seed: int, workdir: str) -> Dict[str, Any]:
+def make_config(overrides: Dict[str, Any], seed: int):
+    """The main job's config with `seed` and the dotted-key overrides applied."""
     config = digits_sim.get_config()
     config.seed = seed
     for key, value in overrides.items():
@@ -57,6 +58,30 @@ def run_one(overrides: Dict[str, Any], seed: int, workdir: str) -> Dict[str, Any
         for p in parents:
             node = node[p]
         node[leaf] = value
+    return config
+
+
+def time_steps(overrides: Dict[str, Any], steps: int, warmup: int = 3) -> Dict[str, Any]:
+    """Compile time and per-step wall times of the main job's step (seed 0), without training a run."""
+    from di_jax.train.setup import setup
+
+    run = setup(make_config(overrides, 0))
+    state = run.state
+    for _ in range(warmup):
+        state, _ = run.compiled(state, run.teacher_params)
+    jax.block_until_ready(state)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        state, _ = run.compiled(state, run.teacher_params)
+        jax.block_until_ready(state)
+        times.append(time.perf_counter() - t0)
+    return dict(compile_s=run.compile_seconds, step_ms=1e3 * statistics.median(times),
+                q25_ms=1e3 * statistics.quantiles(times, n=4)[0], q75_ms=1e3 * statistics.quantiles(times, n=4)[2])
+
+
+def run_one(overrides: Dict[str, Any], seed: int, workdir: str) -> Dict[str, Any]:
+    config = make_config(overrides, seed)
     config.ckpt_every = config.num_steps
     if os.path.exists(workdir):
         shutil.rmtree(workdir)
@@ -107,8 +132,13 @@ def main(argv=None):
     p.add_argument("--out", default=RESULTS)
     p.add_argument("--workdir", default="/tmp/digits_sweep")
     p.add_argument("--table-only", action="store_true", help="write the table of the runs in <name>.json, run nothing")
+    p.add_argument("--time-steps", type=int, default=0, metavar="N",
+                   help="only time N steps of each variant's step (no training, no FD); interleaved rounds")
+    p.add_argument("--rounds", type=int, default=2, help="with --time-steps: rounds over the variants (load drift)")
     args = p.parse_args(argv)
     variants = [parse_variant(v) for v in args.variant] or [("main job", {})]
+    if args.time_steps:
+        return time_table(variants, args)
     seeds = [int(s) for s in args.seeds.split(",") if s]
     os.makedirs(args.out, exist_ok=True)
     json_path = os.path.join(args.out, args.name + ".json")
@@ -131,6 +161,33 @@ def main(argv=None):
         f.write(f"Digits main job (di_jax/configs/digits_sim.py) over seeds {seeds}; jax {jax.__version__}, "
                 f"{jax.devices()[0].platform}.\n\n" + text + "\n")
     print(text)
+
+
+def time_table(variants: List[tuple], args) -> int:
+    """--time-steps: each variant's step timed in `rounds` interleaved rounds; writes <name>.md/.json."""
+    rows = []
+    for r in range(args.rounds):
+        for name, overrides in variants:
+            t = time_steps(overrides, args.time_steps)
+            rows.append(dict(variant=name, round=r, **t))
+            print(f"{name} round {r}: compile {t['compile_s']:.1f} s, step {t['step_ms']:.1f} ms "
+                  f"(IQR {t['q25_ms']:.1f}-{t['q75_ms']:.1f})", flush=True)
+    lines = [f"Main-job step time (di_jax/configs/digits_sim.py, batch 64), {args.time_steps} timed steps after 3 "
+             f"warm-up steps, {args.rounds} interleaved rounds; jax {jax.__version__}, {jax.devices()[0].platform}, "
+             f"load average at the end {os.getloadavg()[0]:.1f}.", "",
+             "| variant | overrides | compile s | median step ms per round |", "|---|---|---:|---|"]
+    for name, overrides in variants:
+        rs = [r for r in rows if r["variant"] == name]
+        ov = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "(main job)"
+        lines.append(f"| {name} | {ov} | {statistics.median(r['compile_s'] for r in rs):.1f} | "
+                     f"{' / '.join('%.1f' % r['step_ms'] for r in rs)} |")
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, args.name + ".md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(os.path.join(args.out, args.name + ".json"), "w") as f:
+        json.dump(dict(variants=variants, rows=rows), f, indent=1)
+    print("\n".join(lines))
+    return 0
 
 
 if __name__ == "__main__":
