@@ -259,3 +259,17 @@ def test_fid_of_a_run_directory(run_dir, runs, direct, tmp_path, capsys, monkeyp
     assert fid_cli.main(["di-jax fid", "--generator", run_dir, "--step", "9"] + common) == 2
     err = capsys.readouterr().err
     assert err.startswith("di-jax fid: error: ") and "no checkpoint at step 9" in err
+
+
+def test_moved_teacher_is_named_by_teacher_path(run_dir, tmp_path, capsys):
+    """A run whose teacher file moved: a one-line error naming it, and --teacher-path rebuilds the run."""
+    moved = tmp_path / "moved_run"
+    shutil.copytree(run_dir, moved)
+    config = json.loads((moved / "config.json").read_text())
+    teacher, config["teacher"]["path"] = config["teacher"]["path"], str(tmp_path / "gone.safetensors")
+    (moved / "config.json").write_text(json.dumps(config))
+    code, _, err = _sample([moved, "--out", tmp_path / "a", "--seeds", "0-1"], capsys)
+    _assert_one_line_error(code, err, "gone.safetensors")
+    code, _, err = _sample([moved, "--out", tmp_path / "b", "--seeds", "0-1", "--teacher-path", teacher], capsys)
+    assert code == 0, err
+    assert sorted(os.listdir(tmp_path / "b")) == ["000000.png", "000001.png"]

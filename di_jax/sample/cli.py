@@ -73,6 +73,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_count_arg(1), default=64, help="images per device per call (default 64)")
     p.add_argument("--step", type=_count_arg(0), help="run: the checkpoint step (default the latest)")
     p.add_argument("--raw", action="store_true", help="run: the raw generator instead of its EMA")
+    p.add_argument("--teacher-path", help="run: the teacher checkpoint, if it moved since the run "
+                   "(replaces config.teacher.path; the generator is rebuilt around it)")
     p.add_argument("--steps", type=_count_arg(2), help="teacher: Heun steps (default 18; 2 * steps - 1 NFE)")
     cls = p.add_mutually_exclusive_group()
     cls.add_argument("--class", dest="class_", type=_count_arg(0), metavar="K", help="every image of class K")
@@ -110,7 +112,7 @@ def run(args) -> str:
 
     t0 = time.perf_counter()
     seeds = args.seeds if isinstance(args.seeds, np.ndarray) else parse_seeds(args.seeds)
-    source = open_source(args.source, args.step, args.raw, args.steps)
+    source = open_source(args.source, args.step, args.raw, args.steps, args.teacher_path)
     mode = args.class_ if args.class_ is not None else args.classes
     classes = seed_classes(seeds, source.label_dim, mode)
     points = len(source.data_shape) == 1

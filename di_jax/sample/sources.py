@@ -30,9 +30,14 @@ def is_run_dir(path: str) -> bool:
             and (os.path.exists(os.path.join(path, CONFIG_FILE)) or os.path.isdir(os.path.join(path, CHECKPOINTS))))
 
 
-def run_source(workdir: str, step: Optional[int] = None, raw: bool = False) -> Source:
-    """The EMA (or, with `raw`, the raw) generator of a run's latest (or `step`) checkpoint."""
-    run = load_run(workdir, step)
+def run_source(workdir: str, step: Optional[int] = None, raw: bool = False,
+               teacher_path: Optional[str] = None) -> Source:
+    """The EMA (or, with `raw`, the raw) generator of a run's latest (or `step`) checkpoint.
+
+    `teacher_path` replaces the run's config.teacher.path (the networks are rebuilt around the teacher)
+    when the teacher checkpoint has moved since the run.
+    """
+    run = load_run(workdir, step, {"teacher.path": teacher_path} if teacher_path else None)
     nets = run.nets
     sample = lambda p, z, l: nets.generate(p, z, l, None)
     what = "raw generator" if raw else "EMA generator"
@@ -55,17 +60,19 @@ def teacher_source(path: str, num_steps: int = 18) -> Source:
                   tuple(teacher.data_shape), int(teacher.label_dim), params, sample)
 
 
-def open_source(path: str, step: Optional[int] = None, raw: bool = False, heun_steps: Optional[int] = None) -> Source:
+def open_source(path: str, step: Optional[int] = None, raw: bool = False, heun_steps: Optional[int] = None,
+                teacher_path: Optional[str] = None) -> Source:
     """A run directory's generator or a teacher checkpoint, told apart as the module doc says.
 
-    `step` and `raw` apply to run directories only, `heun_steps` (default 18) to teachers only.
+    `step`, `raw` and `teacher_path` apply to run directories only, `heun_steps` (default 18) to teachers only.
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file or directory")
     if os.path.isdir(path) and not is_converted_teacher(path):
         if heun_steps is not None:
             raise RunDirError(f"{path}: a run's generator takes one step; Heun steps apply to teachers")
-        return run_source(path, step, raw)
-    if step is not None or raw:
-        raise ValueError(f"{path} is a teacher checkpoint: a checkpoint step and the raw generator apply to runs")
+        return run_source(path, step, raw, teacher_path)
+    if step is not None or raw or teacher_path:
+        raise ValueError(f"{path} is a teacher checkpoint: a checkpoint step, the raw generator and "
+                         f"--teacher-path apply to runs")
     return teacher_source(path, 18 if heun_steps is None else heun_steps)
