@@ -63,6 +63,7 @@ def make_config(overrides: Dict[str, Any], seed: int):
 
 def time_steps(overrides: Dict[str, Any], steps: int, warmup: int = 3) -> Dict[str, Any]:
     """Compile time and per-step wall times of the main job's step (seed 0), without training a run."""
+    from di_jax.bench.measure import cost_flops
     from di_jax.train.setup import setup
 
     run = setup(make_config(overrides, 0))
@@ -76,8 +77,9 @@ def time_steps(overrides: Dict[str, Any], steps: int, warmup: int = 3) -> Dict[s
         state, _ = run.compiled(state, run.teacher_params)
         jax.block_until_ready(state)
         times.append(time.perf_counter() - t0)
+    q = statistics.quantiles(times, n=4)
     return dict(compile_s=run.compile_seconds, step_ms=1e3 * statistics.median(times),
-                q25_ms=1e3 * statistics.quantiles(times, n=4)[0], q75_ms=1e3 * statistics.quantiles(times, n=4)[2])
+                gflops=cost_flops(run.compiled) / 1e9, q25_ms=1e3 * q[0], q75_ms=1e3 * q[2])
 
 
 def run_one(overrides: Dict[str, Any], seed: int, workdir: str) -> Dict[str, Any]:
@@ -175,11 +177,12 @@ def time_table(variants: List[tuple], args) -> int:
     lines = [f"Main-job step time (di_jax/configs/digits_sim.py, batch 64), {args.time_steps} timed steps after 3 "
              f"warm-up steps, {args.rounds} interleaved rounds; jax {jax.__version__}, {jax.devices()[0].platform}, "
              f"load average at the end {os.getloadavg()[0]:.1f}.", "",
-             "| variant | overrides | compile s | median step ms per round |", "|---|---|---:|---|"]
+             "| variant | overrides | compile s | GFLOP / step (XLA) | median step ms per round |",
+             "|---|---|---:|---:|---|"]
     for name, overrides in variants:
         rs = [r for r in rows if r["variant"] == name]
         ov = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "(main job)"
-        lines.append(f"| {name} | {ov} | {statistics.median(r['compile_s'] for r in rs):.1f} | "
+        lines.append(f"| {name} | {ov} | {statistics.median(r['compile_s'] for r in rs):.1f} | {rs[0]['gflops']:.2f} | "
                      f"{' / '.join('%.1f' % r['step_ms'] for r in rs)} |")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, args.name + ".md"), "w") as f:
