@@ -25,6 +25,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from di_jax import configs
+from di_jax.command import error_line
 
 _CONFIG = config_flags.DEFINE_config_file("config", configs.resolve(configs.DEFAULT),
                                           f"Training configuration: a name of {configs.NAMES} "
@@ -105,20 +106,8 @@ def _resolve_config_names(argv: list) -> list:
 
 
 def _error_line(e: BaseException) -> str:
-    """One line for an exception: str() only of string/number arguments, whitespace collapsed."""
-    if isinstance(e, KeyboardInterrupt):
-        return "interrupted"
-    plain = not e.args or all(isinstance(a, (str, int, float)) for a in e.args)
-    text = " ".join(str(e).split())[:1000] if plain else ""
-    if isinstance(e, (CommandLineError, ValueError)) and text:
-        return text
-    if isinstance(e, OSError) and e.strerror:
-        return f"{e.filename + ': ' if isinstance(e.filename, str) else ''}{e.strerror}"
-    if isinstance(e, OSError) and text:
-        return text
-    if isinstance(e, MemoryError):
-        return "out of memory (MemoryError)"
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+    """One line for an exception: the message alone for usage, config and file errors (`command.error_line`)."""
+    return error_line(e, (CommandLineError, ValueError, OSError))
 
 
 def _verbose(argv: list) -> bool:

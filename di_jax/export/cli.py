@@ -8,22 +8,14 @@ torch, Ctrl-C) prints one line `di-jax export: error: ...` on stderr and returns
 import argparse
 import json
 import sys
-import traceback
+
+from di_jax.command import OneLineParser, run_command
 
 _USAGE = "di-jax export RUN_DIR --out FILE.{safetensors,pt} [--step N] [--raw] [--teacher-path PATH] [--verbose]"
 
 
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse would print the usage block and exit; we want one line
-        raise _UsageError(f"{message} (usage: {_USAGE})")
-
-
 def _parser(prog: str) -> argparse.ArgumentParser:
-    p = _Parser(prog=prog, usage=_USAGE, description=__doc__.splitlines()[0])
+    p = OneLineParser(prog=prog, usage=_USAGE, description=__doc__.splitlines()[0])
     p.add_argument("run_dir", help="the --workdir of a `di-jax distill` run")
     p.add_argument("--out", required=True, help="the file to write: .safetensors (weights + config metadata) "
                                                 "or .pt (torch.save state_dict, EDM generators, needs torch)")
@@ -35,19 +27,13 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     return p
 
 
-def _error_line(e: BaseException) -> str:
+def _library_errors() -> tuple:
+    """The errors whose message is printed alone (imported only when one is reported)."""
     from di_jax.convert.errors import CheckpointError
     from di_jax.export.errors import ExportError
     from di_jax.train.run_dir import RunDirError
 
-    text = " ".join(str(e).split())[:1000]
-    if isinstance(e, KeyboardInterrupt):
-        return "interrupted"
-    if isinstance(e, (ExportError, RunDirError, CheckpointError)):
-        return text or type(e).__name__
-    if isinstance(e, OSError) and e.strerror:
-        return f"{e.filename + ': ' if isinstance(e.filename, str) else ''}{e.strerror}"
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return ExportError, RunDirError, CheckpointError
 
 
 def _report(prog: str, done) -> str:
@@ -66,16 +52,9 @@ def _report(prog: str, done) -> str:
 
 def main(argv=None) -> int:
     argv = list(sys.argv if argv is None else argv)
-    prog, args = (argv[0] if argv else "di-jax export"), argv[1:]
-    verbose = "--verbose" in args
-    try:
-        opts = _parser(prog).parse_args(args)
-    except _UsageError as e:
-        print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    except SystemExit as e:  # --help
-        return e.code if isinstance(e.code, int) else 0
-    try:
+    prog = argv[0] if argv else "di-jax export"
+
+    def body(opts) -> str:
         from di_jax.export import export_generator
         from di_jax.export.formats import output_format
         from di_jax.train.run_dir import load_run
@@ -83,14 +62,9 @@ def main(argv=None) -> int:
         output_format(opts.out)                 # a bad path or extension fails before the run is read
         overrides = {"teacher.path": opts.teacher_path} if opts.teacher_path is not None else None
         run = load_run(opts.run_dir, opts.step, overrides)
-        done = export_generator(run, opts.out, "raw" if opts.raw else "ema")
-    except (Exception, KeyboardInterrupt) as e:  # pylint: disable=broad-except  # every failure: one line
-        if verbose:
-            traceback.print_exc()
-        print(f"{prog}: error: {' '.join(_error_line(e).split())}", file=sys.stderr)
-        return 130 if isinstance(e, KeyboardInterrupt) else 2
-    print(_report(prog, done))
-    return 0
+        return _report(prog, export_generator(run, opts.out, "raw" if opts.raw else "ema"))
+
+    return run_command(prog, _parser(prog), argv[1:], body, messages=_library_errors)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ import argparse
 import os
 import sys
 import time
-import traceback
+
+from di_jax.command import OneLineParser, run_command
 
 _EPILOG = """\
 sources: a run directory (the --workdir of `di-jax distill`; its EMA generator unless --raw) or an
@@ -32,15 +33,6 @@ conditional models; `di-jax fid --generator DIR/samples.npz` reads it), with --g
 first 256 images). Runs of points (the 2-D toys) always write DIR/samples.npz (samples: float32 [N, D],
 seeds) and DIR/scatter.png, and nothing else.
 """
-
-
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line instead of the usage block
-        raise _UsageError(message)
 
 
 def _seeds_arg(text: str):
@@ -65,8 +57,8 @@ def _count_arg(minimum: int):
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
-    p = _Parser(prog=prog, description="Draw " + __doc__.splitlines()[0].split(": ", 1)[1], epilog=_EPILOG,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog=prog, description="Draw " + __doc__.splitlines()[0].split(": ", 1)[1], epilog=_EPILOG,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", help="run directory or teacher checkpoint (see below)")
     p.add_argument("--out", required=True, help="output directory (created; existing files are overwritten)")
     p.add_argument("--seeds", type=_seeds_arg, default="0-63", help="seeds, e.g. 0-49999,60,70-79 (default 0-63)")
@@ -86,18 +78,6 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--no-png", action="store_true", help="no PNG per seed (with --npz and/or --grid)")
     p.add_argument("--verbose", action="store_true", help="print the full traceback of an error")
     return p
-
-
-def error_line(e: BaseException) -> str:
-    """One line for an exception: the message of the library's errors, else `Type: message`."""
-    text = " ".join(str(e).split())[:1000]
-    if isinstance(e, KeyboardInterrupt):
-        return "interrupted"
-    if isinstance(e, OSError) and e.strerror:
-        return f"{e.filename + ': ' if isinstance(e.filename, str) else ''}{e.strerror}"
-    if isinstance(e, (ValueError, OSError)) and text:
-        return text
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def run(args) -> str:
@@ -159,23 +139,9 @@ def run(args) -> str:
 
 def main(argv=None) -> int:
     argv = list(sys.argv if argv is None else argv)
-    prog, rest = (argv[0] if argv else "di-jax sample"), argv[1:]
-    try:
-        args = _parser(prog).parse_args(rest)
-    except _UsageError as e:
-        print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    except SystemExit as e:  # --help
-        return e.code if isinstance(e.code, int) else 0
-    try:
-        summary = run(args)
-    except (Exception, KeyboardInterrupt) as e:  # pylint: disable=broad-except  # every failure: one line
-        if args.verbose:
-            traceback.print_exc()
-        print(f"{prog}: error: {error_line(e)}", file=sys.stderr)
-        return 130 if isinstance(e, KeyboardInterrupt) else 2
-    print(f"{prog}: {summary}")
-    return 0
+    prog = argv[0] if argv else "di-jax sample"
+    return run_command(prog, _parser(prog), argv[1:], lambda args: f"{prog}: {run(args)}",
+                       messages=(ValueError, OSError))
 
 
 if __name__ == "__main__":
