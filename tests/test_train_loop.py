@@ -135,6 +135,28 @@ def test_sigkill_after_checkpoint_then_resume_is_bitwise_identical(tmp_path):
     _assert_bitwise_equal(resumed, reference)
 
 
+def _scalar_steps(workdir, tag: str) -> list:
+    from tensorboard.backend.event_processing import event_accumulator
+
+    acc = event_accumulator.EventAccumulator(str(workdir), size_guidance={event_accumulator.TENSORS: 0})
+    acc.Reload()
+    return [e.step for e in acc.Tensors(tag)]
+
+
+def test_steps_per_call_gives_the_same_run_and_logs_at_call_boundaries(tmp_path):
+    """steps_per_call = 4 over 30 steps: 7 scanned calls and a tail of 2 single steps, bitwise the state of
+    the one-step run; logs (every 10) and checkpoints (every 8) fall at the first boundary at or after
+    their step, and the final state is saved."""
+    reference = loop.train_and_evaluate(_config(steps=30, ckpt_every=8), str(tmp_path / "ref"))
+    blocks = loop.train_and_evaluate(_config(steps=30, ckpt_every=8, steps_per_call=4), str(tmp_path / "run"))
+    _assert_bitwise_equal(blocks, reference)
+    assert _scalar_steps(tmp_path / "run", "fake_loss") == [12, 20, 30]
+    assert _scalar_steps(tmp_path / "ref", "fake_loss") == [10, 20, 30]
+    assert sorted(int(d) for d in os.listdir(tmp_path / "run" / "checkpoints") if d.isdigit()) == [16, 24, 30]
+    assert json.load(open(tmp_path / "run" / "metrics.json"))["ema/mode_coverage"] == \
+        json.load(open(tmp_path / "ref" / "metrics.json"))["ema/mode_coverage"]
+
+
 def test_toy_sim_ring_covers_the_modes(tmp_path):
     config = toy_ring.get_config("sim")
     config.num_devices = 1

@@ -69,6 +69,23 @@ def test_8_devices_equal_1_device(method, label_dim):
     assert max(moved) > 1e-4
 
 
+@pytest.mark.parametrize("method", ["sim", "di", "sid", "dmd"])
+def test_scanned_steps_equal_single_steps_bitwise(method):
+    """steps_per_call = 5 (one lax.scan per call) gives the state of 5 single calls, bit for bit; its
+    metrics are the block's means and the skip counters after it."""
+    config = _config(method, fake_steps=2)
+    teacher, nets = _mlp(config)
+    singles, metrics = _run(config, nets, teacher.params, sharding.make_mesh(1), 10)
+    config.steps_per_call = 5
+    blocks, block_metrics = _run(config, nets, teacher.params, sharding.make_mesh(1), 2)
+    assert int(blocks.step) == 10
+    for a, b in zip(jax.tree_util.tree_leaves(singles), jax.tree_util.tree_leaves(blocks)):
+        np.testing.assert_array_equal(a, b)
+    for name in ("fake_loss", "gen_grad_norm", "x0_std"):
+        np.testing.assert_allclose(block_metrics[1][name], np.mean([m[name] for m in metrics[5:]]), rtol=1e-5)
+    assert block_metrics[1]["skipped_gen"] == metrics[-1]["skipped_gen"] == 0
+
+
 def test_labels_are_drawn_inside_the_step_uniformly_from_the_state_rng():
     """Class labels come from fold_in(state.rng, step), uniform over the classes, fresh every step."""
     config = _config("sim", batch=64)
@@ -177,6 +194,8 @@ def test_generator_update_vanishes_at_the_teacher(method):
     ("fake_steps", 0, "config.fake_steps"),
     ("sigma_gen.kind", "uniform", "config.sigma_gen.kind"),
     ("distance.name", "cosine", "distance"),
+    ("steps_per_call", 0, "config.steps_per_call"),
+    ("steps_per_call", -3, "config.steps_per_call"),
 ])
 def test_bad_config_fails_before_compiling(field, value, match, monkeypatch):
     config = _config("sim")

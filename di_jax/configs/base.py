@@ -67,6 +67,10 @@ def base_config() -> ml_collections.ConfigDict:
     # "float32" | "bfloat16" compute, parameters and optimiser state stay float32.
     c.remat = "none"
     c.networks.dtype = "float32"
+    # train steps per compiled call (a lax.scan; same state as single steps): small, dispatch-bound
+    # problems (the toys) run faster with 100s; logging, checkpoints and pictures then happen at the
+    # first call boundary at or after their step
+    c.steps_per_call = 1
     c.distributed = False                 # call jax.distributed.initialize() (multi-host)
     c.num_devices = 0                     # devices in the mesh; 0: all
     return c
@@ -111,6 +115,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
             raise ValueError(f"config.{opt}.clip must be >= 0 (0 disables); got {o.clip}")
         if not 0 <= o.get("weight_decay", 0.0) < 1:
             raise ValueError(f"config.{opt}.weight_decay must lie in [0, 1) (0: Adam); got {o.weight_decay}")
+    spc = config.get("steps_per_call", 1)
+    if not isinstance(spc, int) or isinstance(spc, bool) or spc < 1:
+        raise ValueError(f"config.steps_per_call must be an integer >= 1; got {spc!r}")
     if config.get("num_devices", 0) < 0:
         raise ValueError(f"config.num_devices must be >= 0 (0: all devices); got {config.num_devices}")
     if config.batch_size % num_devices:

@@ -24,6 +24,7 @@ from di_jax.train import sharding
 from di_jax.train.run_dir import CONFIG_FILE
 from di_jax.train.setup import setup
 from di_jax.train.state import TrainState, param_count
+from di_jax.train.step import make_train_step
 
 log = logging.getLogger("di_jax")
 
@@ -112,42 +113,52 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     bar = _progress_bar(config.num_steps, start)
     last_saved = start if mngr.latest_step() == start else None
     profile, tracing = tuple(config.get("profile", (0, 0))), False
+    per_call = config.get("steps_per_call", 1)
+    single = None                 # one-step function for a tail shorter than steps_per_call (compiled on use)
+    crossed = lambda every, before, after: bool(every) and after // every > before // every
     with _StopFlag() as stop:
-        for s in range(start, config.num_steps):
-            if s == profile[0] and profile[1] > s:
+        s = start
+        while s < config.num_steps:
+            if per_call == 1 or s + per_call <= config.num_steps:
+                call, k = compiled, per_call
+            else:
+                single = single or make_train_step(config, nets, mesh)
+                call, k = single, 1
+            if s <= profile[0] < s + k and profile[1] > s:
                 jax.profiler.start_trace(workdir)          # -> <workdir>/plugins/profile/<run>/ (TensorBoard)
                 tracing = True
                 log.info("profiling steps %d..%d into %s", s, profile[1] - 1, workdir)
-            state, metrics = compiled(state, teacher)
-            if tracing and s + 1 == profile[1]:
+            state, metrics = call(state, teacher)
+            done = s + k
+            if tracing and done >= profile[1]:
                 jax.block_until_ready(state)
                 jax.profiler.stop_trace()
                 tracing = False
             if sync_each_step:
                 jax.block_until_ready(state.step)
-            done = s + 1
             report(done)
             if bar is not None:
-                bar.update(1)
+                bar.update(k)
             if on_step is not None:
                 on_step(done, state)
-            if done % config.log_every == 0 or done == config.num_steps:
-                scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            if crossed(config.log_every, s, done) or done == config.num_steps:
+                scalars = {name: float(v) for name, v in jax.device_get(metrics).items()}
                 writer.write_scalars(done, scalars)
                 if bar is not None:
                     shown = {k.split("/")[-1]: f"{v:.3g}" for k, v in scalars.items()
                              if k in ("fake_loss", "gen/denoiser_gap", "gen/eps_gap")}
                     bar.set_postfix(skipped=int(scalars["skipped_gen"]), **shown)
-            if fid_eval is not None and done % config.fid.every == 0 and jax.process_index() == 0:
+            if fid_eval is not None and crossed(config.fid.every, s, done) and jax.process_index() == 0:
                 scores = fid_eval(state)
                 log.info("step %d: FID %.3f (IS %.3f) over %d samples", done, scores["fid"],
                          scores.get("is_mean", float("nan")), scores["num"])
                 writer.write_scalars(done, {f"fid/{k}": v for k, v in scores.items()})
-            if config.sample_every and done % config.sample_every == 0:
+            if crossed(config.sample_every, s, done):
                 _draw(draw, writer, state, f"step{done:07d}", done)
-            if done % config.ckpt_every == 0 or stop.requested:
+            if crossed(config.ckpt_every, s, done) or stop.requested:
                 mngr.save(done, args=ocp.args.StandardSave(state))
                 last_saved = done
+            s = done
             if stop.requested:
                 log.warning("stopped by %s at step %d; checkpoint saved, rerun the same command to resume",
                             stop.requested, done)

@@ -32,7 +32,8 @@ class Setup(NamedTuple):
     nets: Networks
     teacher_params: PyTree          # teacher.params, replicated on the mesh (the step's 2nd argument)
     state: TrainState               # fresh state from config.seed, replicated on the mesh
-    step: Callable                  # the jitted step(state, teacher_params) -> (state, metrics)
+    step: Callable                  # the jitted step(state, teacher_params) -> (state, metrics); it runs
+                                    # config.steps_per_call train steps per call (di_jax.train.step)
     compiled: Optional[Callable]    # the same step compiled ahead of time (None with compile=False)
     compile_seconds: float
 
@@ -73,6 +74,6 @@ def setup(config: ml_collections.ConfigDict, teacher: Optional[Teacher] = None,
     nets = nets if nets is not None else build_networks(config.networks, teacher)
     teacher_params = sharding.replicate(teacher.params, mesh)
     state = init_state(config, nets, teacher_params, mesh)
-    step = make_train_step(config, nets, mesh)
+    step = make_train_step(config, nets, mesh, config.get("steps_per_call", 1))
     compiled, seconds = compile_step(step, state, teacher_params) if compile else (None, 0.0)
     return Setup(config, mesh, teacher, nets, teacher_params, state, step, compiled, seconds)
