@@ -61,3 +61,45 @@ def test_lr_sweep_entries_name_their_overrides():
     assert toy_lr_sweep._label("sid_a1.1") == "SiD, alpha = 1.1" and toy_lr_sweep._label("di") == "DI"
     with pytest.raises(SystemExit, match="unknown method 'sid_ax'"):
         toy_lr_sweep._method("sid_ax")
+
+
+def test_toy_convergence_study_and_lr_sweep_write_tables_curves_and_reuse_the_cache(tmp_path):
+    import toy_convergence
+
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    common = ["--steps", "20", "--eval-every", "10", "--seeds", "0", "--num-eval", "300", "--workers", "0",
+              "--cache", str(cache), "--out", str(out), "--budgets", "10"]
+    toy_convergence.main(common + ["--methods", "sim_l2,dmd", "--testbeds", "ring,mixture"])
+    runs = json.load(open(out / "toy_convergence.json"))
+    assert [(r["testbed"], r["method"]) for r in runs] == [("ring", "sim_l2"), ("ring", "dmd"),
+                                                          ("mixture", "sim_l2"), ("mixture", "dmd")]
+    for r in runs:
+        assert [h["step"] for h in r["history"]] == [10, 20]
+        last = r["history"][-1]
+        assert 0 <= last["precision"] <= 1 and 0 <= last["recall"] <= 1 and 0 <= last["weight_err"] <= 1
+        assert math.isfinite(last["loglik"]) and last["energy"] >= 0 and last["skipped_gen"] == 0
+    md = (out / "toy_convergence.md").read_text()
+    assert "**ring, 10 steps**" in md and "**mixture, 20 steps**" in md and "| SIM-L2 |" in md
+    assert Image.open(out / "toy_convergence.png").size[0] > 1000
+    assert Image.open(out / "toy_convergence_samples.png").size[0] > 400
+    cached = sorted(os.listdir(cache))
+    assert len(cached) == 4 and cached[0].endswith("_n20_e10.json")
+
+    mtimes = {n: os.path.getmtime(cache / n) for n in cached}
+    toy_convergence.main(common + ["--methods", "sim_l2,dmd", "--testbeds", "ring,mixture"])   # all from the cache
+    assert {n: os.path.getmtime(cache / n) for n in cached} == mtimes
+    assert json.load(open(out / "toy_convergence.json")) == runs
+
+    toy_convergence.main(common + ["--methods", "di", "--lr-sweep", "--lrs", "1e-3,0.1", "--name", "lr"])
+    lr_md = (out / "lr.md").read_text()
+    assert "| DI |" in lr_md and "lr 0.001" in lr_md and "lr 0.1" in lr_md
+    assert {r["lr"] for r in json.load(open(out / "lr.json"))} == {1e-3, 0.1}
+
+
+def test_toy_convergence_refuses_unknown_names():
+    import toy_convergence
+
+    with pytest.raises(SystemExit):
+        toy_convergence.main(["--methods", "gan"])
+    with pytest.raises(SystemExit):
+        toy_convergence.main(["--testbeds", "spiral"])

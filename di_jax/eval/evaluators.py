@@ -78,7 +78,8 @@ def mixture_evaluation(config, nets: Networks, teacher: Teacher, workdir: str) -
     from di_jax.eval.mixture import mixture_metrics
 
     if not hasattr(teacher.params, "log_prob"):
-        raise ValueError("config.eval.kind='mixture' needs an analytic teacher (config.teacher.kind ring or grid)")
+        raise ValueError("config.eval.kind='mixture' needs an analytic teacher "
+                         "(config.teacher.kind ring, grid or mixture)")
 
     def evaluate(state: TrainState) -> Dict[str, Any]:
         out = {}

@@ -3,6 +3,7 @@
 `build_teacher(config)` looks `config.teacher.kind` up in `TEACHERS` (kind -> config -> `Teacher`):
 
   ring, grid  analytic Gaussian mixtures with exact denoisers (`mixtures`, `analytic`)
+  mixture     the same, listed mode by mode (teacher.means, stds, weights: unequal weights and widths)
   edm         EDM networks read through the converter (`edm`; the embedded `digits` teacher by default)
 
 A new family registers a builder here.
@@ -26,7 +27,8 @@ def _edm(config) -> Teacher:
     return edm.load(config)
 
 
-TEACHERS: Dict[str, Callable[..., Teacher]] = {"ring": _mixture, "grid": _mixture, "edm": _edm}
+TEACHERS: Dict[str, Callable[..., Teacher]] = {"ring": _mixture, "grid": _mixture, "mixture": _mixture,
+                                               "edm": _edm}
 
 
 def build_teacher(config) -> Teacher:
