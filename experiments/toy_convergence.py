@@ -283,7 +283,7 @@ def main(argv=None):
     header = (f"Command: `{command.strip()}`\n\n{len(runs)} runs of {steps:,} steps, EMA generator evaluated every "
               f"{args.eval_every:,} steps on {args.num_eval:,} fixed latents; {args.workers} single-threaded worker "
               f"processes; wall time {wall:.0f} s (runs read back from the cache count 0 s), training time summed "
-              f"over runs {train:.0f} s.\n")
+              f"over runs {train:.0f} s ({len(runs) * steps / train:.0f} steps/s per worker, evaluation excluded).\n")
     if args.lr_sweep:
         body = "\n\n".join(f"**{t}** (final step, mean ± std over seeds {seeds})\n\n" + lr_table(runs, k)
                            for k, t in METRICS)

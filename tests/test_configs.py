@@ -5,14 +5,14 @@ import os
 import pytest
 
 from di_jax import configs
-from di_jax.configs import base, digits_sim, toy_grid, toy_ring
+from di_jax.configs import base, digits_sim, toy_grid, toy_mixture, toy_ring
 from di_jax.main import _resolve_config_names
 
 
 def test_packaged_names_resolve_to_package_files(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)                          # no repository around
     from test_recipes import RECIPES
-    assert set(configs.NAMES) == {"digits_sim", "toy_ring", "toy_grid", *RECIPES}   # not base.py, paper.py
+    assert set(configs.NAMES) == {"digits_sim", "toy_ring", "toy_grid", "toy_mixture", *RECIPES}   # not base, paper
     for spec, name, arg in [("toy_ring:sim", "toy_ring", ":sim"), ("digits_sim", "digits_sim", ""),
                             ("configs/toy_grid.py:di", "toy_grid", ":di")]:
         got = configs.resolve(spec)
@@ -26,7 +26,8 @@ def test_packaged_names_resolve_to_package_files(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("make", [lambda: digits_sim.get_config(), lambda: toy_ring.get_config("di"),
-                                  lambda: toy_grid.get_config("sid"), base.base_config])
+                                  lambda: toy_grid.get_config("sid"), lambda: toy_mixture.get_config("dmd"),
+                                  base.base_config])
 def test_every_packaged_config_validates(make):
     base.validate(make(), num_devices=1)
 

@@ -1,7 +1,7 @@
 """The configs shipped with di_jax, usable from any install (no repository needed).
 
 `di-jax distill --config NAME[:ARG]` takes a name of this package (`digits_sim`, `toy_ring:sim`,
-`toy_grid:di`) or a path to a config file of your own (whose `get_config` may start from
+`toy_grid:di`, `toy_mixture:dmd`) or a path to a config file of your own (whose `get_config` may start from
 `di_jax.configs.base.base_config()`).
 """
 
