@@ -2,7 +2,7 @@
 
     python experiments/toy_convergence.py                 # 5 methods x ring, grid, mixture x seeds 0,1,2 x 50,000 steps
     python experiments/toy_convergence.py --lr-sweep      # the ring's generator-lr sweep at a converged budget
-    python experiments/toy_convergence.py --speed         # steps/s: one step per call vs lax.scan blocks
+    python experiments/toy_convergence.py --speed --methods sim,di   # steps/s: one step per call vs lax.scan blocks
 
 Methods: DI, SIM (pseudo-Huber, c = 1), SIM-L2, SiD (alpha = 1.2, its official noise levels) and DMD,
 each with di_jax/configs/toy_<testbed>.py:<method> (Adam b1 = 0, lr 1e-3 for both networks, batch 256,
@@ -49,6 +49,7 @@ METRICS = (("loglik", "mean teacher log-lik"), ("precision", "precision (within 
            ("energy", "energy distance"))
 LRS = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 EVAL_SEED, LATENT_SEED = 99, 1234
+PRECISION_GOAL = 0.8         # the table's "steps to" column: precision >= this with recall 1, kept to the end
 LOGLIK_FLOOR = -50.0        # curves draw lower log-likelihoods (diverged runs) at this value
 SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
@@ -161,22 +162,38 @@ def _ms(values, digits: int = 3) -> str:
     return s if len(ok) == len(v) else s + f" ({len(ok)}/{len(v)} finite)"
 
 
+def steps_to(run: Dict[str, Any], precision: float = PRECISION_GOAL) -> Optional[int]:
+    """The first evaluated step from which on the run keeps precision >= `precision` and recall 1 (None: never)."""
+    ok = [h["precision"] >= precision and h["recall"] == 1.0 for h in run["history"]]
+    for i in range(len(ok)):
+        if all(ok[i:]):
+            return run["history"][i]["step"]
+    return None
+
+
 def study_table(runs: Sequence[Dict[str, Any]], budgets: Sequence[int]) -> str:
-    """Per testbed and budget: methods x metrics, mean ± std over seeds."""
+    """Per testbed and budget: methods x metrics, mean ± std over seeds; at the final budget also the steps
+    each seed needed to reach (and keep) precision >= PRECISION_GOAL with recall 1."""
     lines = []
     for testbed in dict.fromkeys(r["testbed"] for r in runs):
         for budget in budgets:
+            final = budget == budgets[-1]
+            extra = f" | steps to precision {PRECISION_GOAL:g} + recall 1, per seed |" if final else " |"
             lines += [f"\n**{testbed}, {budget:,} steps**\n",
-                      "| method | " + " | ".join(t for _, t in METRICS) + " | seeds with recall 1 |",
-                      "|---|" + "---|" * (len(METRICS) + 1)]
+                      "| method | " + " | ".join(t for _, t in METRICS) + " | seeds with recall 1" + extra,
+                      "|---|" + "---|" * (len(METRICS) + 1 + final)]
             for method in dict.fromkeys(r["method"] for r in runs):
-                rows = [_at(r, budget) for r in runs if r["testbed"] == testbed and r["method"] == method]
-                rows = [h for h in rows if h is not None]
+                group = [r for r in runs if r["testbed"] == testbed and r["method"] == method]
+                rows = [h for h in (_at(r, budget) for r in group) if h is not None]
                 if not rows:
                     continue
                 cells = [_ms([h[k] for h in rows]) for k, _ in METRICS]
                 full = sum(h["recall"] == 1.0 for h in rows)
-                lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + f" | {full}/{len(rows)} |")
+                reach = ""
+                if final:
+                    reached = ("never" if n is None else f"{n / 1000:g}k" for n in map(steps_to, group))
+                    reach = " " + " / ".join(reached) + " |"
+                lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + f" | {full}/{len(rows)} |" + reach)
     return "\n".join(lines)
 
 
@@ -260,7 +277,18 @@ def main(argv=None):
         if m not in METHODS:
             parser.error(f"unknown method {m!r}; choose from {list(METHODS)}")
     if args.speed:
-        print(speed(methods, (1, 10, 100, 1000)))
+        import jax
+
+        t0 = time.perf_counter()
+        md = speed(methods, (1, 10, 100, 1000))
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, (args.name or "toy_step_speed") + ".md"), "w") as f:
+            command = " ".join(sys.argv[1:] if argv is None else argv)
+            f.write(f"# Toy ring train step: steps per compiled call\n\n"
+                    f"Command: `python experiments/toy_convergence.py {command}`\n\n"
+                    f"One process, XLA's default threads, "
+                    f"jax {jax.__version__} on {jax.devices()[0].device_kind}; 3,000 timed steps after one warm-up "
+                    f"call; {time.perf_counter() - t0:.0f} s in all.\n\n{md}\n")
         return
     testbeds = ["ring"] if args.lr_sweep else args.testbeds.split(",")
     for t in testbeds:
