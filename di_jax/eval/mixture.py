@@ -45,7 +45,7 @@ def _energy_distance(x: jax.Array, y: jax.Array) -> jax.Array:
 def energy_distance(x: jax.Array, y: jax.Array) -> float:
     """Energy distance 2 E|X-Y| - E|X-X'| - E|Y-Y'| (>= 0, zero iff equal laws), V-statistic.
 
-    Compiled (fused pairwise distances): 4,000 x 4,000 samples take ~0.2 s instead of ~2.5 s eagerly.
+    Compiled, so that the pairwise distances are fused instead of materialised op by op.
     """
     return float(_energy_distance(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)))
 
