@@ -81,10 +81,11 @@ def evaluate(mixture, x: np.ndarray, reference: np.ndarray) -> Dict[str, float]:
 
     if not np.all(np.isfinite(x)):
         return {key: float("nan") for key, _ in METRICS}
+    shares = mx.share_metrics(mixture, x)
     return dict(loglik=float(np.mean(np.asarray(mixture.log_prob(x)))),
-                precision=mx.near_mode_fraction(mixture, x, 3.0), recall=mx.mode_recall(mixture, x),
-                weight_err=mx.weight_error(mixture, x), energy=mx.energy_distance(x, reference),
-                coverage=mx.mode_coverage(mixture, x))
+                precision=mx.near_mode_fraction(mixture, x, 3.0), recall=shares["mode_recall"],
+                weight_err=shares["weight_error"], energy=mx.energy_distance(x, reference),
+                coverage=shares["mode_coverage"])
 
 
 def run_job(job: Dict[str, Any], cache: str) -> Dict[str, Any]:

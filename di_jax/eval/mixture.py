@@ -15,25 +15,35 @@ def mode_counts(mixture: GaussianMixture, x: jax.Array) -> np.ndarray:
     return np.bincount(k, minlength=mixture.num_components) / len(k)
 
 
+def share_metrics(mixture: GaussianMixture, x: jax.Array, tolerance: float = 0.25) -> Dict[str, float]:
+    """The metrics of the samples' mode shares (one assignment pass):
+
+      mode_coverage  fraction of modes holding at least 1/(4K) of the samples
+      mode_recall    fraction of modes whose share is within `tolerance` (relative) of the mode's weight:
+                     1.0 means every mode is present with its mass within 25 % (default), a stricter
+                     recall than coverage, and the one that sees unequal weights
+      weight_error   total variation 0.5 sum_k |share_k - w_k| between the shares and the weights
+    """
+    shares = mode_counts(mixture, x)
+    w = np.asarray(mixture.weights, np.float64)
+    return dict(mode_coverage=float(np.mean(shares >= 1.0 / (4 * len(w)))),
+                mode_recall=float(np.mean(np.abs(shares - w) <= tolerance * w)),
+                weight_error=float(0.5 * np.sum(np.abs(shares - w))))
+
+
 def mode_coverage(mixture: GaussianMixture, x: jax.Array) -> float:
-    """Fraction of modes holding at least 1/(4K) of the samples."""
-    k = mixture.num_components
-    return float(np.mean(mode_counts(mixture, x) >= 1.0 / (4 * k)))
+    """Fraction of modes holding at least 1/(4K) of the samples (`share_metrics`)."""
+    return share_metrics(mixture, x)["mode_coverage"]
 
 
 def mode_recall(mixture: GaussianMixture, x: jax.Array, tolerance: float = 0.25) -> float:
-    """Fraction of modes whose share of the samples is within `tolerance` (relative) of the mode's weight.
-
-    1.0 means every mode is present with its mass within 25 % (default): a stricter recall than
-    `mode_coverage`, and the one that sees unequal weights.
-    """
-    w = np.asarray(mixture.weights, np.float64)
-    return float(np.mean(np.abs(mode_counts(mixture, x) - w) <= tolerance * w))
+    """Fraction of modes whose share of the samples is within `tolerance` (relative) of its weight (`share_metrics`)."""
+    return share_metrics(mixture, x, tolerance)["mode_recall"]
 
 
 def weight_error(mixture: GaussianMixture, x: jax.Array) -> float:
-    """Total variation 0.5 sum_k |share_k - w_k| between the samples' mode shares and the weights."""
-    return float(0.5 * np.sum(np.abs(mode_counts(mixture, x) - np.asarray(mixture.weights, np.float64))))
+    """Total variation between the samples' mode shares and the weights (`share_metrics`)."""
+    return share_metrics(mixture, x)["weight_error"]
 
 
 @jax.jit
@@ -55,8 +65,7 @@ def mixture_metrics(mixture: GaussianMixture, x: jax.Array, rng: jax.Array, num_
     log-likelihood and energy distance of samples x [N, D]."""
     ref = mixture.sample(rng, num_ref)
     x = x[:num_ref]
-    return dict(mode_coverage=mode_coverage(mixture, x), mode_recall=mode_recall(mixture, x),
-                precision=near_mode_fraction(mixture, x, 3.0), weight_error=weight_error(mixture, x),
+    return dict(**share_metrics(mixture, x), precision=near_mode_fraction(mixture, x, 3.0),
                 teacher_loglik=float(jnp.mean(mixture.log_prob(x))),
                 teacher_loglik_of_teacher=float(jnp.mean(mixture.log_prob(ref))),
                 energy_distance=energy_distance(x, ref))
