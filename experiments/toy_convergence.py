@@ -60,19 +60,13 @@ def job_name(job: Dict[str, Any]) -> str:
 
 
 def make_config(testbed: str, method: str, seed: int, steps: int, eval_every: int, lr: Optional[float] = None):
-    """toy_<testbed>.py:<method> with the seed, steps, steps per call and (optionally) generator lr set."""
-    import ml_collections
-
-    from di_jax.configs import toy_grid, toy_mixture, toy_ring
+    """toy_<testbed>.py:<method> with the seed, steps, steps per call and (optionally) generator lr set
+    (`toy_distill.make_config`; a section override such as SIM-L2's distance replaces the whole section)."""
+    import toy_distill
 
     base, overrides = METHODS[method]
-    config = {"ring": toy_ring, "grid": toy_grid, "mixture": toy_mixture}[testbed].get_config(base)
-    config.update(num_devices=1, seed=seed, num_steps=steps, steps_per_call=eval_every)
-    if lr is not None:
-        config.gen_optim.lr = lr
-    for key, value in overrides.items():          # a dict replaces the whole section
-        config[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
-    return config
+    overrides = {**overrides, "steps_per_call": eval_every, **({} if lr is None else {"gen_optim.lr": lr})}
+    return toy_distill.make_config(testbed, base, steps, seed, overrides)
 
 
 def evaluate(mixture, x: np.ndarray, reference: np.ndarray) -> Dict[str, float]:

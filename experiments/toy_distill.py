@@ -2,6 +2,7 @@
 
     python experiments/toy_distill.py                       # all 4 methods x 2 teachers, config defaults
     python experiments/toy_distill.py --teachers ring --methods sim --steps 3000 --seeds 0,1
+    python experiments/toy_distill.py --teachers mixture     # toy_mixture: 6 modes of unequal weights and widths
 
 For every (teacher, method) it builds the config from di_jax/configs/toy_<teacher>.py:<method>, runs the
 library's compiled train step (`di_jax.train.setup`, one device, no checkpoints) for the configured
@@ -27,7 +28,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from di_jax.configs import toy_grid, toy_ring  # noqa: E402
+from di_jax.configs import toy_grid, toy_mixture, toy_ring  # noqa: E402
 from di_jax.eval import mixture as mixture_eval  # noqa: E402
 from di_jax.eval.pictures import scatter_png  # noqa: E402
 from di_jax.sampling import generate_samples  # noqa: E402
@@ -35,7 +36,7 @@ from di_jax.teachers import mixtures  # noqa: E402
 from di_jax.train.setup import setup  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-CONFIGS = {"ring": toy_ring, "grid": toy_grid}
+CONFIGS = {"ring": toy_ring, "grid": toy_grid, "mixture": toy_mixture}
 METHOD_NAMES = {"di": "DI", "sim": "SIM (pseudo-Huber)", "sid": "SiD (alpha=1.2)", "dmd": "DMD", "sds": "SDS"}
 EVAL_SEED = 99          # teacher reference samples
 LATENT_SEED = 1234      # generator latents of the evaluation
