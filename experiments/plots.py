@@ -54,6 +54,7 @@ def curves_png(path: str, panels: Sequence[dict], columns: int) -> None:
             draw.line([(tx(x_lo), ty(t)), (tx(x_lo) + 4, ty(t))], fill=(120, 120, 120))
         for t in np.linspace(x_lo, x_hi, 3):
             draw.text((tx(t) - 14, ty(lo) + 4), f"{t / 1000:g}k", fill=(90, 90, 90))
+        lines = []
         for s, v in data:
             labels[s["label"]] = s["colour"]
             x = np.asarray(s["x"], np.float64)
@@ -66,13 +67,9 @@ def curves_png(path: str, panels: Sequence[dict], columns: int) -> None:
                 band += [(tx(a), ty(b)) for a, b in zip(x[ok][::-1], low[ok][::-1])]
                 light = tuple(int(255 - 0.25 * (255 - c)) for c in s["colour"])
                 draw.polygon(band, fill=light)
-        for s, v in data:                      # lines over every band
-            x = np.asarray(s["x"], np.float64)
-            with np.errstate(all="ignore"):
-                mean = np.nanmean(np.where(np.isfinite(v), v, np.nan), 0)
-            ok = np.isfinite(mean)
-            if ok.sum() > 1:
-                draw.line([(tx(a), ty(b)) for a, b in zip(x[ok], mean[ok])], fill=s["colour"], width=2)
+                lines.append(([(tx(a), ty(b)) for a, b in zip(x[ok], mean[ok])], s["colour"]))
+        for points, colour in lines:           # lines over every band
+            draw.line(points, fill=colour, width=2)
     for i, (label, colour) in enumerate(labels.items()):
         draw.rectangle([10 + i * 170, rows * PANEL_H + 14, 22 + i * 170, rows * PANEL_H + 26], fill=colour)
         draw.text((26 + i * 170, rows * PANEL_H + 14), label, fill=(0, 0, 0))
