@@ -78,7 +78,7 @@ def _run(argv) -> None:
     config = _CONFIG.value
     from di_jax.configs.base import validate
 
-    validate(config, 1)  # before the trainer is imported; setup() validates again for the real mesh
+    validate(config, None)  # before the trainer is imported; setup() validates again for the real mesh
     logging.getLogger("di_jax").setLevel(logging.INFO)
     absl_logging.get_absl_handler().addFilter(_QuietLibraries())
     import jax

@@ -69,6 +69,36 @@ def test_8_devices_equal_1_device(method, label_dim):
     assert max(moved) > 1e-4
 
 
+@pytest.mark.parametrize("data,fsdp", [(2, 4), (1, 8)])
+def test_fsdp_equals_replicated(data, fsdp):
+    """On 8 devices, data x fsdp meshes give the updates of the replicated (data = 8) step: parameters,
+    fake score and EMA to 1e-6 after 4 steps (2 fake updates each, the generator's gradient clipped);
+    the large leaves and their optimiser state really are split 1/fsdp per device."""
+    config = _config("sim", fake_steps=2)
+    config.gen_optim.clip = 0.05
+    config.mesh.min_shard_size = 256          # the toy MLP's 32 x 32 kernels are sharded
+    teacher, nets = _mlp(config)
+    rep, _ = _run(config, nets, teacher.params, sharding.make_mesh(8), 4)
+    config.mesh.fsdp = fsdp
+    mesh = sharding.make_mesh(8, fsdp=fsdp)
+    assert dict(mesh.shape) == {"data": data, "fsdp": fsdp}
+    s = setup(config, teacher=Teacher(teacher.params, nets.teacher_denoise, nets.data_shape, 0), mesh=mesh,
+              nets=nets)
+    kernels = [x for x in jax.tree.leaves(s.state.gen_params) if x.size >= 256]
+    assert kernels and all(x.addressable_shards[0].data.size == x.size // fsdp for x in kernels)
+    nu = [x for x in jax.tree.leaves(s.state.gen_opt_state) if x.ndim == 1]
+    assert nu and all(x.addressable_shards[0].data.size == x.size // fsdp for x in nu)
+    state = s.state
+    for _ in range(4):
+        state, metrics = s.compiled(state, s.teacher_params)
+    assert float(metrics["gen_grad_norm"]) > config.gen_optim.clip      # clipping was active
+    got = jax.device_get(state)
+    for name in ("gen_params", "fake_params", "ema_params"):
+        for a, b in zip(jax.tree.leaves(getattr(rep, name)), jax.tree.leaves(getattr(got, name))):
+            np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6, err_msg=name)
+    assert int(got.step) == 4 and int(got.skipped_gen) == int(rep.skipped_gen) == 0
+
+
 @pytest.mark.parametrize("method", ["sim", "di", "sid", "dmd"])
 def test_scanned_steps_equal_single_steps_bitwise(method):
     """steps_per_call = 5 (one lax.scan per call) gives the state of 5 single calls, bit for bit; its
@@ -209,32 +239,42 @@ def test_bad_config_fails_before_compiling(field, value, match, monkeypatch):
     assert not traced
 
 
+@pytest.mark.parametrize("fsdp", [1, 4])
 @pytest.mark.parametrize("clip,b1,wd", [(0.0, 0.0, 0.0), (0.5, 0.0, 0.0), (0.0, 0.9, 0.0), (10.0, 0.9, 0.01)])
-def test_flat_optimizer_update_equals_per_leaf_optax_adam(clip, b1, wd):
-    """`_apply` (optimiser on the raveled gradients; b1 = 0 without a stored first moment) is optax's
-    Adam (AdamW with weight decay, as DMD2) on the tree, leaf by leaf; a non-finite gradient leaves
-    params and optimiser state unchanged."""
+def test_flat_optimizer_update_equals_per_leaf_optax_adam(clip, b1, wd, fsdp):
+    """`FlatUpdate` (optimiser on the raveled gradients, per FSDP shard with fsdp > 1; b1 = 0 without a
+    stored first moment) is optax's Adam (AdamW with weight decay, as DMD2) on the tree, leaf by leaf,
+    clipping included; a non-finite gradient leaves params and optimiser state unchanged."""
     import optax
 
     from di_jax.configs.base import base_config
-    from di_jax.train.state import flat_params, make_optimizer
+    from di_jax.train.flat_update import FlatUpdate, opt_state_specs, opt_vector_length
 
     cfg = base_config().gen_optim
     cfg.lr, cfg.clip, cfg.b1, cfg.weight_decay = 1e-2, clip, b1, wd
-    tx = make_optimizer(cfg)
     ref = (optax.adamw(cfg.lr, b1=b1, b2=cfg.b2, eps=cfg.eps, weight_decay=wd) if wd
            else optax.adam(cfg.lr, b1=b1, b2=cfg.b2, eps=cfg.eps))
     ref = optax.chain(optax.clip_by_global_norm(clip), ref) if clip else ref
     k = jax.random.split(jax.random.PRNGKey(0), 4)
     params = {"a": {"kernel": jax.random.normal(k[0], (3, 4)), "bias": jnp.zeros(4)},
               "b": jax.random.normal(k[1], (5,))}
-    ref_state, flat_state = ref.init(params), tx.init(flat_params(params))
+    mesh = sharding.make_mesh(fsdp, fsdp=fsdp)
+    specs = sharding.param_specs(params, mesh, min_size=1)
+    if fsdp > 1:    # the kernel along its 4 columns, the bias; "b" (5) cannot be split in 4: replicated
+        P = jax.sharding.PartitionSpec
+        assert specs["a"]["kernel"] == P(None, "fsdp") and specs["b"] == P()
+    update = FlatUpdate(cfg, specs, mesh)
+    assert update.fsdp == (fsdp > 1)
+    ref_state, flat_state = ref.init(params), update.init(params)
+    opt_specs = opt_state_specs(flat_state, opt_vector_length(params, specs, mesh), mesh)
+    params = jax.device_put(params, sharding.named(specs, mesh))
+    flat_state = jax.device_put(flat_state, sharding.named(opt_specs, mesh))
+    call = jax.jit(update.__call__)
     for i in range(4):
         grads = jax.tree.map(lambda p: jax.random.normal(jax.random.fold_in(k[2], i), p.shape) * (i + 1), params)
         updates, ref_state = ref.update(grads, ref_state, params)
         want = jax.tree.map(lambda p, u: p + u, params, updates)
-        got, flat_state, ok, gnorm, unorm = step_lib._apply(tx, jnp.float32(1.0), grads, params, flat_state,
-                                                            with_params=wd > 0)
+        got, flat_state, ok, gnorm, unorm = call(jnp.float32(1.0), grads, params, flat_state)
         assert bool(ok)
         np.testing.assert_allclose(gnorm, np.sqrt(sum(float(jnp.sum(g ** 2)) for g in jax.tree.leaves(grads))),
                                    rtol=1e-6)
@@ -242,10 +282,10 @@ def test_flat_optimizer_update_equals_per_leaf_optax_adam(clip, b1, wd):
                                    rtol=1e-5)
         for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
             np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
-        params = want
+        params = got
     bad = jax.tree.map(jnp.zeros_like, params)
-    bad["b"] = bad["b"].at[2].set(jnp.nan)
-    got, new_state, ok, _, unorm = step_lib._apply(tx, jnp.float32(1.0), bad, params, flat_state, with_params=wd > 0)
+    bad["a"]["kernel"] = bad["a"]["kernel"].at[2, 1].set(jnp.nan)     # in one shard only
+    got, new_state, ok, _, unorm = call(jnp.float32(1.0), bad, params, flat_state)
     assert not bool(ok) and float(unorm) == 0.0
     for a, b in zip(jax.tree.leaves((got, new_state)), jax.tree.leaves((params, flat_state))):
         np.testing.assert_array_equal(a, b)

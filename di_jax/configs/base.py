@@ -7,6 +7,8 @@ looked up in the registries: `method` in `di_jax.methods`, `teacher.kind` in `di
 before anything is compiled and raises ValueError naming the offending field.
 """
 
+from typing import Optional
+
 import ml_collections
 
 from di_jax import diffusion, methods
@@ -71,8 +73,15 @@ def base_config() -> ml_collections.ConfigDict:
     # dispatch of very small steps (the toys at batch 256 gained <= 17 %: compute-bound; experiments/README.md);
     # logging, checkpoints and pictures then happen at the first call boundary at or after their step
     c.steps_per_call = 1
-    c.distributed = False                 # call jax.distributed.initialize() (multi-host)
+    # Several processes (hosts): jax.distributed.initialize() first (di_jax.train.distributed). cluster: ""/0/-1
+    # lets JAX detect the cluster (Cloud TPU, SLURM, Open MPI, Kubernetes); else name it, process_id per process
+    c.distributed = False
+    c.cluster = ml_collections.ConfigDict(dict(coordinator="", num_processes=0, process_id=-1))
     c.num_devices = 0                     # devices in the mesh; 0: all
+    # The mesh is data x fsdp (di_jax.train.sharding): fsdp > 1 shards generator, fake score, EMA, optimiser
+    # state and teacher along its fsdp devices (leaves of >= min_shard_size elements, by `rules` first:
+    # ((regex over the leaf path, "fsdp,_"), ...)); the batch is split over all devices
+    c.mesh = ml_collections.ConfigDict(dict(fsdp=1, min_shard_size=2 ** 14, rules=()))
     return c
 
 
@@ -89,12 +98,13 @@ def _positive(config, path: str) -> None:
         raise ValueError(f"config.{path} must be > 0; got {value!r}")
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+def validate(config: ml_collections.ConfigDict, num_devices: Optional[int]) -> None:
     """Checks a config before compiling; raises ValueError naming the field.
 
     Args:
       config: a config built from `base_config()`.
-      num_devices: the devices of the mesh the batch is split over.
+      num_devices: the devices of the mesh the batch is split over; None: not known yet (skips the
+        checks that need it).
     """
     from di_jax import teachers
     from di_jax.eval import evaluators  # registries that import networks: loaded on demand
@@ -118,9 +128,18 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     spc = config.get("steps_per_call", 1)
     if not isinstance(spc, int) or isinstance(spc, bool) or spc < 1:
         raise ValueError(f"config.steps_per_call must be an integer >= 1; got {spc!r}")
+    mesh = config.get("mesh")
+    if mesh is not None:
+        if not isinstance(mesh.fsdp, int) or mesh.fsdp < 1:
+            raise ValueError(f"config.mesh.fsdp must be an integer >= 1; got {mesh.fsdp!r}")
+        if num_devices and num_devices % mesh.fsdp:
+            raise ValueError(f"config.mesh.fsdp={mesh.fsdp} must divide the number of devices ({num_devices})")
+        for rule in mesh.get("rules", ()):
+            if len(rule) != 2 or not all(isinstance(r, str) for r in rule):
+                raise ValueError(f"config.mesh.rules: each rule is (regex, spec) strings; got {rule!r}")
     if config.get("num_devices", 0) < 0:
         raise ValueError(f"config.num_devices must be >= 0 (0: all devices); got {config.num_devices}")
-    if config.batch_size % num_devices:
+    if num_devices and config.batch_size % num_devices:
         raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the number of "
                          f"devices ({num_devices})")
     for name in ("sigma_gen", "sigma_fake"):

@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List
 
 import jax
 import numpy as np
+from etils import epath
 
 from di_jax import datasets
 from di_jax.eval import digits as digits_eval
@@ -89,8 +90,7 @@ def digits_report(nets, module, teacher_params, gen_params, workdir: str, num: i
     metrics["fd_ratio_distilled_to_heun"] = by_key["distilled"]["fd"] / by_key["teacher_heun"]["fd"]
     metrics.update(extra or {})
     _write_markdown(os.path.join(workdir, "report.md"), rows, metrics, extra or {})
-    with open(os.path.join(workdir, "report_rows.json"), "w") as f:
-        json.dump(rows, f, indent=2, default=float)
+    (epath.Path(workdir) / "report_rows.json").write_text(json.dumps(rows, indent=2, default=float))
     return metrics
 
 
@@ -112,5 +112,4 @@ def _write_markdown(path: str, rows, metrics, extra) -> None:
               "at least 1/40 of the predictions. Times are compiled sampling on this machine, per image.", "",
               "| teacher, Heun | generator at start | distilled generator (end) |", "|---|---|---|",
               "| ![teacher](teacher_heun.png) | ![start](samples_start.png) | ![end](samples_end.png) |", ""]
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
+    epath.Path(path).write_text("\n".join(lines))

@@ -1,9 +1,16 @@
-"""Pictures of samples, drawn with PIL: 2-D scatter plots and image grids."""
+"""Pictures of samples, drawn with PIL: 2-D scatter plots and image grids (PNG, local or bucket paths)."""
 
 from typing import Optional, Sequence
 
 import numpy as np
+from etils import epath
 from PIL import Image, ImageDraw
+
+
+def save_png(img: Image.Image, path) -> None:
+    """Writes a PIL image as PNG to a local or bucket (gs://) path."""
+    with epath.Path(path).open("wb") as f:
+        img.save(f, format="PNG")
 
 
 def scatter_png(path: str, points: np.ndarray, reference: Optional[np.ndarray] = None,
@@ -22,7 +29,7 @@ def scatter_png(path: str, points: np.ndarray, reference: Optional[np.ndarray] =
             draw.ellipse([x - r, size - 1 - y - r, x + r, size - 1 - y + r], fill=colour)
     if title:
         draw.text((6, 4), title, fill=(0, 0, 0))
-    img.save(path)
+    save_png(img, path)
 
 
 def image_grid_png(path: str, images: np.ndarray, nrow: int, scale: int = 1,
@@ -41,4 +48,4 @@ def image_grid_png(path: str, images: np.ndarray, nrow: int, scale: int = 1,
     img = Image.fromarray(grid[..., 0] if c == 1 else grid)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    img.save(path)
+    save_png(img, path)

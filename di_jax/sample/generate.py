@@ -1,7 +1,7 @@
-"""The sharded generation loop: seeds in, images out, on every device (and host) of a 1-D mesh.
+"""The sharded generation loop: seeds in, images out, on every device (and host) of the mesh.
 
 Each compiled call draws a global batch of `batch` seeds per device: the seeds (and their class
-indices) are split over the mesh's 'data' axis, the latents are drawn from the seeds on the devices
+indices) are split over all devices of the mesh, the latents are drawn from the seeds on the devices
 (`seeds.seed_latents`), the parameters are replicated. The seed list is padded to a whole number of
 global batches and the padding dropped, so every call has the same shape (one compilation).
 
@@ -52,7 +52,7 @@ def generate(source: Source, seeds: np.ndarray, classes: np.ndarray, batch: int 
       seeds: uint32 [N] (`seeds.parse_seeds`).
       classes: int32 [N] class index per seed (`seeds.seed_classes`; ignored by unconditional sources).
       batch: images per device per compiled call (shrunk when there are fewer seeds).
-      mesh: a 1-D `sharding.make_mesh` mesh; default all devices.
+      mesh: a `sharding.make_mesh` mesh (the batch is split over all its devices); default all devices.
       progress: a tqdm bar on stderr (process 0).
     """
     mesh = sharding.make_mesh() if mesh is None else mesh

@@ -16,10 +16,17 @@ from typing import Any, NamedTuple, Optional
 
 import jax
 import ml_collections
+from etils import epath
 
 PyTree = Any
 CONFIG_FILE = "config.json"
 CHECKPOINTS = "checkpoints"
+
+
+def run_path(workdir: str) -> epath.Path:
+    """A run directory as a path: gs:// (any epath URL) stays as it is, a local path becomes absolute."""
+    text = os.fspath(workdir)
+    return epath.Path(text) if "://" in text else epath.Path(os.path.abspath(text))
 
 
 class RunDirError(ValueError):
@@ -38,14 +45,13 @@ class Run(NamedTuple):
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
     """The run's config from `<workdir>/config.json` (RunDirError if missing or unreadable)."""
-    if not os.path.isdir(workdir):
+    if not run_path(workdir).is_dir():
         raise RunDirError(f"{workdir}: not a directory (a run directory is the --workdir of `di-jax distill`)")
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.isfile(path):
+    path = run_path(workdir) / CONFIG_FILE
+    if not path.is_file():
         raise RunDirError(f"{workdir}: no {CONFIG_FILE}; is it the --workdir of a `di-jax distill` run?")
     try:
-        with open(path) as f:
-            data = json.load(f)
+        data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RunDirError(f"{path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     if not isinstance(data, dict) or "method" not in data or "networks" not in data:
@@ -55,10 +61,10 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 
 def checkpoint_steps(workdir: str) -> list:
     """The steps with a finished checkpoint in `<workdir>/checkpoints`, ascending."""
-    root = os.path.join(workdir, CHECKPOINTS)
-    if not os.path.isdir(root):
+    root = run_path(workdir) / CHECKPOINTS
+    if not root.is_dir():
         return []
-    return sorted(int(n) for n in os.listdir(root) if n.isdigit() and os.path.isdir(os.path.join(root, n)))
+    return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and p.is_dir())
 
 
 def load_run(workdir: str, step: Optional[int] = None, config_overrides: Optional[dict] = None) -> Run:
@@ -93,6 +99,8 @@ def load_run(workdir: str, step: Optional[int] = None, config_overrides: Optiona
     elif step not in steps:
         raise RunDirError(f"{workdir}: no checkpoint at step {step}; it has {', '.join(map(str, steps))}")
     config.num_devices = 1                     # restoring needs one device; callers shard the result
+    if "mesh" in config:
+        config.mesh.fsdp = 1
     try:
         validate(config, 1)
         teacher = build_teacher(config)
@@ -101,7 +109,7 @@ def load_run(workdir: str, step: Optional[int] = None, config_overrides: Optiona
     nets = build_networks(config.networks, teacher)
     mesh = jax.sharding.Mesh(jax.devices()[:1], ("data",))
     fresh = jax.eval_shape(lambda: init_state(config, nets, teacher.params, mesh))
-    path = os.path.abspath(os.path.join(workdir, CHECKPOINTS))
+    path = run_path(workdir) / CHECKPOINTS
     try:
         with ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=False)) as mngr:
             state = mngr.restore(step, args=ocp.args.StandardRestore(fresh))

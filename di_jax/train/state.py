@@ -4,7 +4,7 @@ The teacher's parameters are deliberately NOT part of the state: they are a sepa
 never-donated argument of the train step, and never checkpointed with it.
 """
 
-from typing import Any
+from typing import Any, Callable
 
 import flax
 import jax
@@ -23,27 +23,28 @@ class TrainState:
     gen_params: PyTree
     fake_params: PyTree
     ema_params: PyTree         # EMA of gen_params (EDM half-life rule)
-    gen_opt_state: PyTree      # optimiser state over the *flattened* generator params (see flat_params)
+    gen_opt_state: PyTree      # optimiser state over the *raveled* generator params (train/flat_update.py)
     fake_opt_state: PyTree     # likewise for the fake score
     skipped_gen: jax.Array     # int32 [], generator updates skipped for non-finite loss/grad
     skipped_fake: jax.Array    # int32 [], fake-score updates skipped
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def make_optimizer(cfg: ml_collections.ConfigDict, clip: bool = True) -> optax.GradientTransformation:
     """Adam(b1, b2, eps) at a constant lr (beta1 = 0 in DI/SIM/SiD), with optional global-norm clipping.
 
     With b1 = 0 Adam's first moment is just the gradient: the same update (bias-corrected second
     moment, eps outside the square root) is built without storing it, which saves one
     parameter-sized buffer per network in the state and the copies XLA makes of it in the step.
     `weight_decay` > 0 makes it AdamW (decoupled: u = -lr (adam + wd p), as torch.optim.AdamW and
-    DMD2); its `update` then needs the parameters (`needs_params`).
+    DMD2); its `update` then needs the parameters (`needs_params`). `clip=False` leaves the clipping
+    out (FSDP applies it with the norm over all shards: `di_jax.train.flat_update`).
     """
     wd = cfg.get("weight_decay", 0.0)
     if cfg.b1 == 0:
         adam = optax.scale_by_rms(decay=cfg.b2, eps=cfg.eps, eps_in_sqrt=False, bias_correction=True)
     else:
         adam = optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
-    parts = [optax.clip_by_global_norm(cfg.clip)] if cfg.clip > 0 else []
+    parts = [optax.clip_by_global_norm(cfg.clip)] if clip and cfg.clip > 0 else []
     parts += [adam] + ([optax.add_decayed_weights(wd)] if wd > 0 else []) + [optax.scale(-cfg.lr)]
     return optax.chain(*parts)
 
@@ -65,12 +66,13 @@ def flat_params(tree: PyTree) -> jax.Array:
 
 
 def create_state(rng: jax.Array, gen_params: PyTree, fake_params: PyTree,
-                 gen_tx: optax.GradientTransformation, fake_tx: optax.GradientTransformation) -> TrainState:
+                 gen_init: Callable[[PyTree], PyTree], fake_init: Callable[[PyTree], PyTree]) -> TrainState:
+    """A fresh state; `gen_init(params)` / `fake_init(params)` build the optimiser states
+    (`di_jax.train.flat_update.FlatUpdate.init`)."""
     copy = lambda t: jax.tree.map(jnp.array, t)
     return TrainState(step=jnp.zeros((), jnp.int32), rng=jnp.asarray(rng, jnp.uint32),
                       gen_params=gen_params, fake_params=fake_params, ema_params=copy(gen_params),
-                      gen_opt_state=gen_tx.init(flat_params(gen_params)),
-                      fake_opt_state=fake_tx.init(flat_params(fake_params)),
+                      gen_opt_state=gen_init(gen_params), fake_opt_state=fake_init(fake_params),
                       skipped_gen=jnp.zeros((), jnp.int32), skipped_fake=jnp.zeros((), jnp.int32))
 
 

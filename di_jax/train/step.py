@@ -19,8 +19,9 @@ Randomness is stateless and named: the step key is fold_in(state.rng, state.step
 `Draw` below name every fold_in. Every draw is made for the *global* batch and then sharded, so the
 result does not depend on the number of devices (a per-device fold_in, as pmap code needs, would
 break that). A non-finite loss or gradient leaves parameters and optimiser state unchanged and
-increments a counter. The state is donated; the teacher's parameters are a separate, replicated,
-never-donated argument.
+increments a counter. The state is donated; the teacher's parameters are a separate, never-donated
+argument. Parameter trees are replicated or FSDP-sharded (`config.mesh`, `di_jax.train.sharding`);
+the optimiser updates run on raveled vectors (`di_jax.train.flat_update`).
 
 Metrics: `fake_loss` (the DSM loss), `fake/<aux>` and `gen/<aux>` (the losses' diagnostics, e.g.
 `gen/denoiser_gap`; the generator surrogate's value means nothing and is not logged), gradient and
@@ -34,15 +35,13 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
-from jax.flatten_util import ravel_pytree
 
 from di_jax import augment, diffusion, losses, methods
 from di_jax.configs.base import validate
 from di_jax.nets.families import Networks
-from di_jax.train import sharding
+from di_jax.train import flat_update, sharding
 from di_jax.train.remat import remat_networks
-from di_jax.train.state import TrainState, ema_decay, make_optimizer, needs_params
+from di_jax.train.state import TrainState, ema_decay
 
 sg = jax.lax.stop_gradient
 PyTree = Any
@@ -64,27 +63,6 @@ class Draw(enum.IntEnum):
     NET_DROPOUT = 5     # generator phase: the mask shared by teacher and fake score ('shared' convention)
     FAKE_DROPOUT = 6    # fake phase: the fake network's dropout mask
     AUGMENT = 7         # fake phase: EDM augmentation (di_jax.augment)
-
-
-def _select(ok: jax.Array, new: PyTree, old: PyTree) -> PyTree:
-    return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
-
-
-def _apply(tx: optax.GradientTransformation, loss, grads, params, opt_state, with_params: bool = False):
-    """One optimiser update, skipped (params and state unchanged) if the loss or a gradient is non-finite.
-
-    The optimiser runs on the raveled gradient vector and its state lives on that vector
-    (state.flat_params): Adam is element-wise, so this is the same update as per leaf, compiled as a
-    handful of kernels instead of several per parameter leaf. Only the final `p + u` is per leaf,
-    where it can update the donated parameters in place. The raveled parameters are passed only
-    `with_params` (weight decay reads them). Returns (params, opt state, ok, grad norm, update norm).
-    """
-    flat_grads, unravel = ravel_pytree(grads)
-    updates, new_opt_state = tx.update(flat_grads, opt_state, ravel_pytree(params)[0] if with_params else None)
-    ok = jnp.isfinite(loss) & jnp.all(jnp.isfinite(flat_grads))
-    new_params = jax.tree.map(lambda p, u: jnp.where(ok, p + u, p), params, unravel(updates))
-    update_norm = jnp.where(ok, jnp.linalg.norm(updates), 0.0)
-    return new_params, _select(ok, new_opt_state, opt_state), ok, jnp.linalg.norm(flat_grads), update_norm
 
 
 def _mean_aux(aux: dict, prefix: str) -> dict:
@@ -112,8 +90,7 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
     validate(config, mesh.size)
     method = methods.get(config.method)
     nets = remat_networks(nets, config.get("remat", "none"))
-    gen_tx, fake_tx = make_optimizer(config.gen_optim), make_optimizer(config.fake_optim)
-    gen_wd, fake_wd = needs_params(config.gen_optim), needs_params(config.fake_optim)
+    rules, min_size = sharding.mesh_rules(config)
     gen_loss = functools.partial(method.generator_loss, **method.options(config))
     batch = config.batch_size
     sigma_gen, sigma_fake = methods.sigma_spec(config, "sigma_gen"), methods.sigma_spec(config, "sigma_fake")
@@ -150,7 +127,7 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
         drop = fold(rng, Draw.GEN_DROPOUT) if train and dropout else None
         return shard(nets.generate(params, draw_latents(rng), labels, drop))
 
-    def fake_update(params, opt_state, x0, labels, rng):
+    def fake_update(update, params, opt_state, x0, labels, rng):
         """DSM on stopped generator samples (DI Alg. 1 phase 1), EDM-augmented if configured."""
         aug = {}                      # families without augment labels need not take the keyword
         if augment_cfg is not None:
@@ -165,10 +142,13 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
             return jnp.mean(value), aux
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        params, opt_state, ok, gnorm, _ = _apply(fake_tx, loss, grads, params, opt_state, fake_wd)
+        params, opt_state, ok, gnorm, _ = update(loss, grads, params, opt_state)
         return params, opt_state, loss, aux, ok, gnorm
 
     def step(state: TrainState, teacher_params: PyTree):
+        # Where every tree lives (replicated, or FSDP-sharded): from the state's shapes, as in setup.
+        specs = flat_update.state_specs(state, mesh, rules, min_size)
+        gen_update, fake_update_fn = flat_update.make_updates(config, specs.gen_params, specs.fake_params, mesh)
         rng = fold(state.rng, state.step)
         labels = draw_labels(rng)
         gen_rng, fake_rng = fold(rng, Stream.GENERATOR), fold(rng, Stream.FAKE)
@@ -186,7 +166,7 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
             r = fold(fake_rng, i)
             xi = sg(x0) if share and i == 0 else sg(generate(state.gen_params, r, labels, train=False))
             fake_params, fake_opt_state, fake_loss, fake_aux, ok, fake_gnorm = fake_update(
-                fake_params, fake_opt_state, xi, labels, r)
+                fake_update_fn, fake_params, fake_opt_state, xi, labels, r)
             fake_skipped += (~ok).astype(jnp.int32)
 
         # Phase 2: generator update through d loss / d x0, pulled back by the VJP of its pass.
@@ -205,8 +185,8 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
 
         (gen_value, gen_aux), g_x0 = jax.value_and_grad(objective, has_aux=True)(x0)
         (grads,) = gen_vjp(g_x0)
-        gen_params, gen_opt_state, gen_ok, gen_gnorm, gen_unorm = _apply(
-            gen_tx, gen_value, grads, state.gen_params, state.gen_opt_state, gen_wd)
+        gen_params, gen_opt_state, gen_ok, gen_gnorm, gen_unorm = gen_update(
+            gen_value, grads, state.gen_params, state.gen_opt_state)
 
         beta = ema_decay(state.step, batch, config.ema.halflife_kimg, config.ema.rampup)
         ema_params = jax.tree.map(lambda e, p: beta * e + (1 - beta) * p, state.ema_params, gen_params)
@@ -216,6 +196,7 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
             gen_opt_state=gen_opt_state, fake_opt_state=fake_opt_state,
             skipped_gen=state.skipped_gen + (~gen_ok).astype(jnp.int32),
             skipped_fake=state.skipped_fake + fake_skipped)
+        new_state = jax.lax.with_sharding_constraint(new_state, sharding.named(specs, mesh))
         metrics = dict(fake_loss=fake_loss, gen_grad_norm=gen_gnorm, fake_grad_norm=fake_gnorm,
                        gen_update_norm=gen_unorm, ema_beta=beta, skipped_gen=new_state.skipped_gen,
                        skipped_fake=new_state.skipped_fake, x0_std=jnp.std(x0),
@@ -228,6 +209,7 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
         metrics.update(skipped_gen=state.skipped_gen, skipped_fake=state.skipped_fake)
         return state, metrics
 
-    rep = sharding.replicated(mesh)
-    return jax.jit(step if steps == 1 else block, in_shardings=(rep, rep), out_shardings=(rep, rep),
+    # The state and teacher keep the shardings they were placed with (setup.place_state / place_teacher);
+    # the new state is constrained to the same specs inside the step, the metrics are replicated.
+    return jax.jit(step if steps == 1 else block, out_shardings=(None, sharding.replicated(mesh)),
                    donate_argnums=(0,))

@@ -59,7 +59,7 @@ def make_feature_fn(variables, mesh: Mesh | None = None, model=None) -> FeatureF
     model = inception.InceptionV3() if model is None else model
     replicated, sharded = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     variables = sharding.replicate(variables, mesh)
-    ndev = mesh.shape[sharding.DATA_AXIS]
+    ndev = mesh.size
 
     def apply(v, images):
         finite = jnp.all(jnp.isfinite(images)) if jnp.issubdtype(images.dtype, jnp.floating) else True
