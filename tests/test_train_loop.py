@@ -185,3 +185,16 @@ def test_checkpoint_of_another_state_layout_is_a_one_line_error(tmp_path):
     with pytest.raises(ValueError, match=r"checkpoint at step 3 .* does not fit .* use a new --workdir") as e:
         loop.restore_or_init(loop.checkpoint_manager(str(tmp_path), cfg), fresh)
     assert "\n" not in str(e.value).split(" (")[0]
+
+
+def test_bucket_workdir_stays_a_bucket_path(tmp_path):
+    """gs://bucket/run reaches orbax as a gs:// path (pod hosts share no disk); a local one becomes absolute."""
+    from etils import epath
+
+    from di_jax.train import loop, run_dir
+
+    ckpt = loop.checkpoint_dir("gs://bucket/run")
+    assert isinstance(ckpt, epath.Path) and str(ckpt) == "gs://bucket/run/checkpoints"
+    assert str(run_dir.run_path("gs://bucket/run/")).startswith("gs://bucket/run")
+    local = loop.checkpoint_dir("relative/run")
+    assert local.is_absolute() and str(local).endswith("relative/run/checkpoints")

@@ -99,6 +99,48 @@ def test_fsdp_equals_replicated(data, fsdp):
     assert int(got.step) == 4 and int(got.skipped_gen) == int(rep.skipped_gen) == 0
 
 
+@pytest.mark.parametrize("method", ["sim", "di", "dmd"])
+def test_grad_accum_equals_one_batch(method):
+    """grad_accum = 4 (micro-batches of 16 on 8 devices) gives the state of one batch of 64 to 1e-6
+    after 3 steps of 2 fake updates (no dropout in the toy networks: masks would be drawn per micro-batch)."""
+    config = _config(method, fake_steps=2)
+    teacher, nets = _mlp(config)
+    whole, _ = _run(config, nets, teacher.params, sharding.make_mesh(8), 3)
+    config.grad_accum = 4
+    acc, metrics = _run(config, nets, teacher.params, sharding.make_mesh(8), 3)
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(acc)):
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6)
+    assert np.isfinite(float(metrics[-1]["x0_std"])) and float(metrics[-1]["x0_std"]) > 0
+
+
+def test_grad_accum_lowers_temporary_memory():
+    """The compiled step's temporaries (XLA's memory analysis) shrink with micro-batches: the activations
+    of one micro-batch are alive at a time."""
+    config = _config("sim", batch=8192)
+    config.networks.hidden = 256
+    teacher, nets = _mlp(config)
+    temp = {}
+    for k in (1, 8):
+        config.grad_accum = k
+        s = setup(config, teacher=Teacher(teacher.params, nets.teacher_denoise, nets.data_shape, 0),
+                  mesh=sharding.make_mesh(1), nets=nets)
+        temp[k] = s.compiled.memory_analysis().temp_size_in_bytes
+    assert temp[8] < temp[1] / 3, temp
+
+
+def test_teacher_stored_in_bfloat16():
+    """config.teacher.dtype = bfloat16 stores the teacher's floating leaves in bf16 (half the bytes); the
+    networks initialised from the teacher keep float32, and the step runs."""
+    config = _config("sim")
+    config.teacher.dtype = "bfloat16"
+    s = setup(config, mesh=sharding.make_mesh(1))
+    assert {x.dtype for x in jax.tree.leaves(s.teacher_params) if jnp.issubdtype(x.dtype, jnp.floating)} == \
+        {jnp.dtype(jnp.bfloat16)}
+    assert {x.dtype for x in jax.tree.leaves(s.state.gen_params)} == {jnp.dtype(jnp.float32)}
+    state, metrics = s.compiled(s.state, s.teacher_params)
+    assert int(state.step) == 1 and np.isfinite(float(metrics["fake_loss"]))
+
+
 @pytest.mark.parametrize("method", ["sim", "di", "sid", "dmd"])
 def test_scanned_steps_equal_single_steps_bitwise(method):
     """steps_per_call = 5 (one lax.scan per call) gives the state of 5 single calls, bit for bit; its
@@ -225,6 +267,12 @@ def test_generator_update_vanishes_at_the_teacher(method):
     ("sigma_gen.kind", "uniform", "config.sigma_gen.kind"),
     ("distance.name", "cosine", "distance"),
     ("steps_per_call", 0, "config.steps_per_call"),
+    ("grad_accum", 0, "config.grad_accum"),
+    ("grad_accum", 3, "micro-batches"),
+    ("grad_accum", 16, "micro-batches"),          # 64 / 16 = 4 rows cannot split over 8 devices
+    ("teacher.dtype", "float16", "config.teacher.dtype"),
+    ("mesh.fsdp", 3, "config.mesh.fsdp"),
+    ("mesh.fsdp", 0, "config.mesh.fsdp"),
     ("steps_per_call", -3, "config.steps_per_call"),
 ])
 def test_bad_config_fails_before_compiling(field, value, match, monkeypatch):

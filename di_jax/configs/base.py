@@ -44,6 +44,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.ema = ml_collections.ConfigDict(dict(halflife_kimg=500.0, rampup=0.05))   # EDM's rule
 
     c.teacher = ml_collections.ConfigDict(dict(kind="ring", num_modes=8, radius=2.0, std=0.05, path=""))
+    # the frozen teacher's parameters as stored on the devices: "float32" | "bfloat16" (half the memory; the
+    # network computes in its own dtype, config.networks.dtype)
+    c.teacher.dtype = "float32"
     # networks.dropout (network teachers): < 0 keeps the checkpoint's rate, >= 0 overrides it; which
     # network runs with dropout in which phase is the method's convention (di_jax.methods)
     c.networks = ml_collections.ConfigDict(dict(kind="mlp", hidden=128, depth=3, sigma_data=1.0,
@@ -73,6 +76,9 @@ def base_config() -> ml_collections.ConfigDict:
     # dispatch of very small steps (the toys at batch 256 gained <= 17 %: compute-bound; experiments/README.md);
     # logging, checkpoints and pictures then happen at the first call boundary at or after their step
     c.steps_per_call = 1
+    # gradient accumulation: each phase's batch runs as grad_accum micro-batches of batch_size / grad_accum in a
+    # lax.scan inside the step (activation memory of one micro-batch; the same update as the whole batch)
+    c.grad_accum = 1
     # Several processes (hosts): jax.distributed.initialize() first (di_jax.train.distributed). cluster: ""/0/-1
     # lets JAX detect the cluster (Cloud TPU, SLURM, Open MPI, Kubernetes); else name it, process_id per process
     c.distributed = False
@@ -137,6 +143,16 @@ def validate(config: ml_collections.ConfigDict, num_devices: Optional[int]) -> N
         for rule in mesh.get("rules", ()):
             if len(rule) != 2 or not all(isinstance(r, str) for r in rule):
                 raise ValueError(f"config.mesh.rules: each rule is (regex, spec) strings; got {rule!r}")
+    accum = config.get("grad_accum", 1)
+    if not isinstance(accum, int) or isinstance(accum, bool) or accum < 1:
+        raise ValueError(f"config.grad_accum must be an integer >= 1; got {accum!r}")
+    if config.batch_size % accum or (accum > 1 and num_devices and (config.batch_size // accum) % num_devices):
+        raise ValueError(f"config.batch_size={config.batch_size} must split into config.grad_accum={accum} "
+                         f"micro-batches that divide over the {num_devices or 'mesh'} devices")
+    if accum > 1 and config.get("share_generator_pass", False):
+        raise ValueError("config.share_generator_pass needs config.grad_accum=1 (the shared pass is one whole batch)")
+    if config.teacher.get("dtype", "float32") not in COMPUTE_DTYPES:
+        raise ValueError(f"config.teacher.dtype must be one of {COMPUTE_DTYPES}; got {config.teacher.dtype!r}")
     if config.get("num_devices", 0) < 0:
         raise ValueError(f"config.num_devices must be >= 0 (0: all devices); got {config.num_devices}")
     if num_devices and config.batch_size % num_devices:

@@ -13,7 +13,9 @@ import time
 from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from di_jax.configs.base import validate
 from di_jax.nets.families import Networks, build_networks
@@ -70,8 +72,14 @@ def init_state(config: ml_collections.ConfigDict, nets: Networks, teacher_params
 
 
 def place_teacher(config: ml_collections.ConfigDict, params: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
-    """The teacher's parameters on the mesh: replicated, or FSDP-sharded like the networks."""
-    return sharding.shard_params(jax.device_get(params), mesh, *sharding.mesh_rules(config))
+    """The teacher's parameters on the mesh: replicated, or FSDP-sharded like the networks; floating
+    leaves stored in config.teacher.dtype."""
+    host = jax.device_get(params)
+    dtype = config.teacher.get("dtype", "float32")
+    if dtype != "float32":
+        cast = lambda x: x.astype(jnp.dtype(dtype)) if np.issubdtype(np.asarray(x).dtype, np.floating) else x
+        host = jax.tree.map(cast, host)
+    return sharding.shard_params(host, mesh, *sharding.mesh_rules(config))
 
 
 def compile_step(step: Callable, state: TrainState, teacher_params: PyTree) -> Tuple[Callable, float]:
@@ -98,7 +106,7 @@ def setup(config: ml_collections.ConfigDict, teacher: Optional[Teacher] = None,
     teacher = teacher if teacher is not None else build_teacher(config)
     nets = nets if nets is not None else build_networks(config.networks, teacher)
     teacher_params = place_teacher(config, teacher.params, mesh)
-    state = init_state(config, nets, teacher_params, mesh)
+    state = init_state(config, nets, teacher.params, mesh)   # networks copied from the teacher stay float32
     step = make_train_step(config, nets, mesh, config.get("steps_per_call", 1))
     compiled, seconds = compile_step(step, state, teacher_params) if compile else (None, 0.0)
     return Setup(config, mesh, teacher, nets, teacher_params, state, step, compiled, seconds)

@@ -103,6 +103,7 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
         return shard(diffusion.sample_sigma(fold(rng, Draw.SIGMA), (batch,), spec.pop("kind"), **spec))
 
     def draw_noise(rng, like):
+        """N(0, I) of the shape and dtype of `like` (an array or a ShapeDtypeStruct)."""
         return shard(jax.random.normal(fold(rng, Draw.NOISE), like.shape, like.dtype))
 
     def draw_latents(rng):
@@ -122,39 +123,81 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
                          f"take {nets.augment_dim} (augment_dim of the teacher); set config.augment.p=0 for a "
                          f"teacher trained without augmentation")
 
-    def generate(params, rng, labels, train):
-        """x0 of fresh latents; the generator in train mode (its own dropout mask) only if `train`."""
-        drop = fold(rng, Draw.GEN_DROPOUT) if train and dropout else None
-        return shard(nets.generate(params, draw_latents(rng), labels, drop))
+    accum = int(config.get("grad_accum", 1))
+    micro_batch = batch // accum
 
-    def fake_update(update, params, opt_state, x0, labels, rng):
-        """DSM on stopped generator samples (DI Alg. 1 phase 1), EDM-augmented if configured."""
-        aug = {}                      # families without augment labels need not take the keyword
-        if augment_cfg is not None:
-            x0, aug_labels = augment.augment(fold(rng, Draw.AUGMENT), x0, augment_cfg)
-            x0, aug = shard(x0), dict(augment_labels=shard(aug_labels))
-        sigma, noise = draw_sigma(rng, sigma_fake), draw_noise(rng, x0)
+    def micro_key(key, j):
+        """Micro-batch j's key of a per-example draw made inside a network (dropout, augmentation)."""
+        return key if key is None or j is None else fold(key, j)
+
+    def accumulate(one, inputs):
+        """one(inputs, j) -> tree of batch means, averaged over config.grad_accum micro-batches.
+
+        `inputs` are global-batch arrays (or None). With grad_accum = 1 this is one(inputs, None): the
+        single-batch computation itself. Otherwise micro-batch j holds rows j, j + k, j + 2k, ... of
+        every input (each device keeps its own rows: no data moves), and a lax.scan runs one(·, j) on
+        each, so only one micro-batch's activations are alive at a time.
+        """
+        if accum == 1:
+            return one(inputs, None)
+        split = lambda x: x.reshape((micro_batch, accum) + x.shape[1:]).swapaxes(0, 1)
+        stacked = jax.tree.map(split, inputs)
+        first = jax.tree.map(lambda x: shard(x[0]), stacked)
+        zeros = jax.tree.map(lambda o: jnp.zeros(o.shape, o.dtype), jax.eval_shape(one, first, 0))
+
+        def body(total, xs_j):
+            xs, j = xs_j
+            out = one(jax.tree.map(shard, xs), j)
+            return jax.tree.map(jnp.add, total, out), None
+
+        total, _ = jax.lax.scan(body, zeros, (stacked, jnp.arange(accum)))
+        return jax.tree.map(lambda t: t / accum, total)
+
+    def generate(params, latents, labels, drop):
+        return shard(nets.generate(params, latents, labels, drop))
+
+    def sample_spec(params, labels):
+        """Shape and dtype of a global batch of generator samples."""
+        z = jax.ShapeDtypeStruct((batch,) + tuple(nets.latent_shape), jnp.float32)
+        return jax.eval_shape(lambda p, z_, l: nets.generate(p, z_, l, None), params, z, labels)
+
+    def fake_grads(params, gen_params, labels, rng, shared_x0=None):
+        """DSM gradient on stopped eval-mode generator samples (DI Alg. 1 phase 1), EDM-augmented if
+        configured: (grads, loss, aux), accumulated over micro-batches."""
+        latents, sigma = draw_latents(rng), draw_sigma(rng, sigma_fake)
+        noise = draw_noise(rng, sample_spec(gen_params, labels))
         drop = fold(rng, Draw.FAKE_DROPOUT) if dropout else None
 
-        def loss_fn(p):
-            denoise = lambda x, s, l: nets.fake_denoise(p, x, s, l, drop, **aug)
-            value, aux = losses.dsm_loss(denoise, x0, sigma, noise, labels)
-            return jnp.mean(value), aux
+        def one(inputs, j):
+            z, l, s, n = inputs
+            x0 = sg(shared_x0) if shared_x0 is not None else sg(generate(gen_params, z, l, None))
+            aug = {}                      # families without augment labels need not take the keyword
+            if augment_cfg is not None:
+                x0, aug_labels = augment.augment(micro_key(fold(rng, Draw.AUGMENT), j), x0, augment_cfg)
+                x0, aug = shard(x0), dict(augment_labels=shard(aug_labels))
 
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        params, opt_state, ok, gnorm, _ = update(loss, grads, params, opt_state)
-        return params, opt_state, loss, aux, ok, gnorm
+            def loss_fn(p):
+                denoise = lambda x, sg_, lb: nets.fake_denoise(p, x, sg_, lb, micro_key(drop, j), **aug)
+                value, aux = losses.dsm_loss(denoise, x0, s, n, l)
+                return jnp.mean(value), aux
+
+            (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            return grads, loss, aux
+        return accumulate(one, (latents, labels, sigma, noise))
 
     def step(state: TrainState, teacher_params: PyTree):
         # Where every tree lives (replicated, or FSDP-sharded): from the state's shapes, as in setup.
         specs = flat_update.state_specs(state, mesh, rules, min_size)
-        gen_update, fake_update_fn = flat_update.make_updates(config, specs.gen_params, specs.fake_params, mesh)
+        gen_update, fake_update = flat_update.make_updates(config, specs.gen_params, specs.fake_params, mesh)
         rng = fold(state.rng, state.step)
         labels = draw_labels(rng)
         gen_rng, fake_rng = fold(rng, Stream.GENERATOR), fold(rng, Stream.FAKE)
-        gen_pass = lambda p: generate(p, gen_rng, labels, train=True)
-        if share:
-            x0, gen_vjp = jax.vjp(gen_pass, state.gen_params)
+        gen_latents = draw_latents(gen_rng)
+        gen_drop = fold(gen_rng, Draw.GEN_DROPOUT) if dropout else None
+        gen_pass = lambda p, z, l, j: generate(p, z, l, micro_key(gen_drop, j))
+        shared = None
+        if share:                     # grad_accum = 1 (validated)
+            shared = jax.vjp(lambda p: gen_pass(p, gen_latents, labels, None), state.gen_params)
 
         # Phase 1: fake-score updates, each on its own eval-mode generator samples (the first on the
         # generator phase's pass when it is shared).
@@ -164,27 +207,36 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
         fake_aux = {}
         for i in range(config.fake_steps if method.needs_fake else 0):
             r = fold(fake_rng, i)
-            xi = sg(x0) if share and i == 0 else sg(generate(state.gen_params, r, labels, train=False))
-            fake_params, fake_opt_state, fake_loss, fake_aux, ok, fake_gnorm = fake_update(
-                fake_update_fn, fake_params, fake_opt_state, xi, labels, r)
+            grads, fake_loss, fake_aux = fake_grads(fake_params, state.gen_params, labels, r,
+                                                    shared[0] if share and i == 0 else None)
+            fake_params, fake_opt_state, ok, fake_gnorm, _ = fake_update(fake_loss, grads, fake_params,
+                                                                         fake_opt_state)
             fake_skipped += (~ok).astype(jnp.int32)
 
         # Phase 2: generator update through d loss / d x0, pulled back by the VJP of its pass.
-        if not share:
-            x0, gen_vjp = jax.vjp(gen_pass, state.gen_params)
-        sigma, noise = draw_sigma(gen_rng, sigma_gen), draw_noise(gen_rng, x0)
+        sigma = draw_sigma(gen_rng, sigma_gen)
+        noise = draw_noise(gen_rng, sample_spec(state.gen_params, labels))
         net_drop = fold(gen_rng, Draw.NET_DROPOUT) if method.dropout == "shared" else None
-        fake_den = None
-        if method.needs_fake:
-            fake_den = lambda x, s, l: nets.fake_denoise(sg(fake_params), x, s, l, net_drop)
-        teacher_den = lambda x, s, l: nets.teacher_denoise(teacher_params, x, s, l, net_drop)
 
-        def objective(x):
-            value, aux = gen_loss(x, sigma, noise, fake_den, teacher_den, labels)
-            return jnp.mean(value), aux
+        def gen_one(inputs, j):
+            z, l, s, n = inputs
+            nd = micro_key(net_drop, j)
+            fake_den = None
+            if method.needs_fake:
+                fake_den = lambda x, s_, lb: nets.fake_denoise(sg(fake_params), x, s_, lb, nd)
+            teacher_den = lambda x, s_, lb: nets.teacher_denoise(teacher_params, x, s_, lb, nd)
+            x0, vjp = shared if share else jax.vjp(lambda p: gen_pass(p, z, l, j), state.gen_params)
 
-        (gen_value, gen_aux), g_x0 = jax.value_and_grad(objective, has_aux=True)(x0)
-        (grads,) = gen_vjp(g_x0)
+            def objective(x):
+                value, aux = gen_loss(x, s, n, fake_den, teacher_den, l)
+                return jnp.mean(value), aux
+
+            (value, aux), g_x0 = jax.value_and_grad(objective, has_aux=True)(x0)
+            (grads,) = vjp(g_x0)
+            moments = (jnp.mean(x0.astype(jnp.float32)), jnp.mean(jnp.square(x0.astype(jnp.float32))))
+            return grads, value, aux, moments
+
+        grads, gen_value, gen_aux, (x0_mean, x0_sq) = accumulate(gen_one, (gen_latents, labels, sigma, noise))
         gen_params, gen_opt_state, gen_ok, gen_gnorm, gen_unorm = gen_update(
             gen_value, grads, state.gen_params, state.gen_opt_state)
 
@@ -199,7 +251,8 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
         new_state = jax.lax.with_sharding_constraint(new_state, sharding.named(specs, mesh))
         metrics = dict(fake_loss=fake_loss, gen_grad_norm=gen_gnorm, fake_grad_norm=fake_gnorm,
                        gen_update_norm=gen_unorm, ema_beta=beta, skipped_gen=new_state.skipped_gen,
-                       skipped_fake=new_state.skipped_fake, x0_std=jnp.std(x0),
+                       skipped_fake=new_state.skipped_fake,
+                       x0_std=jnp.sqrt(jnp.maximum(x0_sq - jnp.square(x0_mean), 0.0)),
                        **_mean_aux(gen_aux, "gen"), **_mean_aux(fake_aux, "fake"))
         return new_state, metrics
 
