@@ -95,6 +95,7 @@ def _checkpoints(workdir):
 
 
 @pytest.mark.slow
+@pytest.mark.multiprocess
 def test_two_processes_equal_one_and_checkpoints_cross_restore(env):
     root = env["root"]
     one, two = root / "one", root / "two"
@@ -113,6 +114,7 @@ def test_two_processes_equal_one_and_checkpoints_cross_restore(env):
 
 
 @pytest.mark.slow
+@pytest.mark.multiprocess
 def test_sigterm_to_one_process_saves_one_consistent_checkpoint(env):
     workdir = env["root"] / "preempted"
     procs = _launch(env, 2, workdir, 400, ckpt_every=1000)

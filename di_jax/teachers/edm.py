@@ -38,7 +38,8 @@ def edm_teacher(module, params) -> Teacher:
 def load(config) -> Teacher:
     """The teacher at config.teacher.path ('' -> the embedded digits teacher) in config.networks.dtype.
 
-    The path may be a converted directory, an official .pkl, a .pt or a .safetensors file. Its
+    The path may be a converted directory, an official .pkl, a .pt or a .safetensors file, local or in
+    a bucket (gs://...; copied once to a local cache, `di_jax.convert.remote`). Its
     dropout rate is the checkpoint's (the official CIFAR-10 teachers: 0.13) unless
     config.networks.dropout >= 0 overrides it.
     """
@@ -50,7 +51,9 @@ def load(config) -> Teacher:
         raise ValueError(f"config.teacher.path is empty: this recipe distils the official EDM checkpoint {official} "
                          f"(https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/{official}); pass "
                          f"--config.teacher.path=FILE")
-    path = config.teacher.get("path", "") or digits.ASSET
+    from di_jax.convert.remote import local_copy
+
+    path = local_copy(config.teacher.get("path", "") or digits.ASSET)    # gs://...: a cached local copy
     if not os.path.exists(path):
         raise FileNotFoundError(f"config.teacher.path: no such file or directory {path!r}")
     module, params = load_teacher(path)
