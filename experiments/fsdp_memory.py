@@ -45,8 +45,8 @@ def abstract_params(module, net_cfg):
 
 
 def with_shardings(tree, specs, mesh):
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.NamedSharding(mesh, s)),
-                        tree, specs, is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec))
+    place = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.NamedSharding(mesh, s))
+    return jax.tree.map(place, tree, specs, is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec))
 
 
 def measure(name, method, batch, fsdp, accum, teacher_dtype):
@@ -61,8 +61,8 @@ def measure(name, method, batch, fsdp, accum, teacher_dtype):
     rules, min_size = sharding.mesh_rules(config)
     state = jax.eval_shape(lambda p: fresh_state(config, nets, p, mesh), params)
     state = with_shardings(state, flat_update.state_specs(state, mesh, rules, min_size), mesh)
-    t_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, np.dtype(teacher_dtype) if teacher_dtype ==
-                                                           "float32" else jax.numpy.bfloat16), params)
+    t_dtype = jax.numpy.dtype(teacher_dtype)
+    t_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, t_dtype), params)
     t_params = with_shardings(t_params, sharding.param_specs(params, mesh, rules, min_size), mesh)
     step = make_train_step(config, nets, mesh)
     t0 = time.perf_counter()
