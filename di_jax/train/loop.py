@@ -91,7 +91,8 @@ def restore_or_init(mngr: ocp.CheckpointManager, fresh: TrainState) -> TrainStat
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(
             f"the checkpoint at step {latest} in {mngr.directory} does not fit this run's train state "
-            f"(another network, method or di_jax version wrote it): use a new --workdir. ({first})") from None
+            f"(another network, method, config.mesh.fsdp or di_jax version wrote it): use a new --workdir. "
+            f"({first})") from None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,

@@ -81,7 +81,8 @@ def load_run(workdir: str, step: Optional[int] = None, config_overrides: Optiona
     from di_jax.configs.base import validate
     from di_jax.nets.families import build_networks
     from di_jax.teachers import build_teacher
-    from di_jax.train.setup import init_state
+    from di_jax.train import sharding
+    from di_jax.train.setup import fresh_state
 
     config = read_config(workdir)
     for key, value in (config_overrides or {}).items():
@@ -99,16 +100,19 @@ def load_run(workdir: str, step: Optional[int] = None, config_overrides: Optiona
     elif step not in steps:
         raise RunDirError(f"{workdir}: no checkpoint at step {step}; it has {', '.join(map(str, steps))}")
     config.num_devices = 1                     # restoring needs one device; callers shard the result
-    if "mesh" in config:
-        config.mesh.fsdp = 1
     try:
-        validate(config, 1)
+        validate(config, None)
         teacher = build_teacher(config)
     except (ValueError, OSError) as e:
         raise RunDirError(f"{workdir}: its config does not rebuild the run: {str(e).splitlines()[0]}") from None
     nets = build_networks(config.networks, teacher)
-    mesh = jax.sharding.Mesh(jax.devices()[:1], ("data",))
-    fresh = jax.eval_shape(lambda: init_state(config, nets, teacher.params, mesh))
+    # The optimiser vectors' layout is that of the run's fsdp axis (train/flat_update.py): build the state's
+    # shapes for it, then restore every array onto this process's first device.
+    fsdp = config.mesh.fsdp if "mesh" in config else 1
+    layout = jax.sharding.AbstractMesh((1, fsdp), sharding.BATCH_AXES)
+    shapes = jax.eval_shape(lambda: fresh_state(config, nets, teacher.params, layout))
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    fresh = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=one), shapes)
     path = run_path(workdir) / CHECKPOINTS
     try:
         with ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=False)) as mngr:
