@@ -123,6 +123,14 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
                          f"take {nets.augment_dim} (augment_dim of the teacher); set config.augment.p=0 for a "
                          f"teacher trained without augmentation")
 
+    def gather(params):
+        """FSDP: a network's weights gathered where it runs (their gradients reduce-scattered back), so every
+        layer computes data-parallel on its batch shard; without this XLA may instead split the layers
+        along the weights' sharded axis and gather the activations of the whole batch. Identity if fsdp = 1."""
+        if sharding.fsdp_size(mesh) == 1:
+            return params
+        return jax.lax.with_sharding_constraint(params, sharding.replicated(mesh))
+
     accum = int(config.get("grad_accum", 1))
     micro_batch = batch // accum
 
@@ -154,7 +162,7 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
         return jax.tree.map(lambda t: t / accum, total)
 
     def generate(params, latents, labels, drop):
-        return shard(nets.generate(params, latents, labels, drop))
+        return shard(nets.generate(gather(params), latents, labels, drop))
 
     def sample_spec(params, labels):
         """Shape and dtype of a global batch of generator samples."""
@@ -177,7 +185,7 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
                 x0, aug = shard(x0), dict(augment_labels=shard(aug_labels))
 
             def loss_fn(p):
-                denoise = lambda x, sg_, lb: nets.fake_denoise(p, x, sg_, lb, micro_key(drop, j), **aug)
+                denoise = lambda x, sg_, lb: nets.fake_denoise(gather(p), x, sg_, lb, micro_key(drop, j), **aug)
                 value, aux = losses.dsm_loss(denoise, x0, s, n, l)
                 return jnp.mean(value), aux
 
@@ -223,8 +231,8 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
             nd = micro_key(net_drop, j)
             fake_den = None
             if method.needs_fake:
-                fake_den = lambda x, s_, lb: nets.fake_denoise(sg(fake_params), x, s_, lb, nd)
-            teacher_den = lambda x, s_, lb: nets.teacher_denoise(teacher_params, x, s_, lb, nd)
+                fake_den = lambda x, s_, lb: nets.fake_denoise(gather(sg(fake_params)), x, s_, lb, nd)
+            teacher_den = lambda x, s_, lb: nets.teacher_denoise(gather(teacher_params), x, s_, lb, nd)
             x0, vjp = shared if share else jax.vjp(lambda p: gen_pass(p, z, l, j), state.gen_params)
 
             def objective(x):
