@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from jax.flatten_util import ravel_pytree
 
 PyTree = Any
 
@@ -52,17 +51,6 @@ def make_optimizer(cfg: ml_collections.ConfigDict, clip: bool = True) -> optax.G
 def needs_params(cfg: ml_collections.ConfigDict) -> bool:
     """Whether the optimiser of `cfg` reads the parameters (weight decay)."""
     return cfg.get("weight_decay", 0.0) > 0
-
-
-def flat_params(tree: PyTree) -> jax.Array:
-    """All leaves of a parameter tree raveled into one 1-D vector (jax.flatten_util order).
-
-    The optimisers run on this vector (of the gradients) and keep their state on it: a few large
-    element-wise kernels instead of several per parameter leaf. On XLA:CPU that cut the compile time
-    of the CIFAR-10 DDPM++ DI step from 551 s to 71 s (experiments/PERF.md); Adam is element-wise,
-    so the update is the same as per leaf.
-    """
-    return ravel_pytree(tree)[0]
 
 
 def create_state(rng: jax.Array, gen_params: PyTree, fake_params: PyTree,
