@@ -24,7 +24,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from di_jax.bench.jax_cell import bench_config  # noqa: E402
-from di_jax.bench.networks import NETWORKS, network_config  # noqa: E402
+from di_jax.bench.networks import NETWORKS, network_config, param_shapes  # noqa: E402
 from di_jax.nets import build_network  # noqa: E402
 from di_jax.nets.families import build_networks  # noqa: E402
 from di_jax.teachers.edm import edm_teacher  # noqa: E402
@@ -34,14 +34,6 @@ from di_jax.train.step import make_train_step  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 MIB = 2.0 ** 20
-
-
-def abstract_params(module, net_cfg):
-    res, ch, label_dim = net_cfg["img_resolution"], net_cfg["img_channels"], net_cfg.get("label_dim", 0)
-    x = np.zeros((1, ch, res, res), np.float32)
-    labels = np.zeros((1, label_dim), np.float32) if label_dim else None
-    return jax.eval_shape(lambda k: module.init(k, x, np.ones((1,), np.float32), class_labels=labels)["params"],
-                          jax.random.PRNGKey(0))
 
 
 def with_shardings(tree, specs, mesh):
@@ -55,7 +47,7 @@ def measure(name, method, batch, fsdp, accum, teacher_dtype):
     config.mesh.fsdp, config.grad_accum, config.teacher.dtype = fsdp, accum, teacher_dtype
     mesh = sharding.make_mesh(8, fsdp=fsdp)
     module = build_network(net_cfg)
-    params = abstract_params(module, net_cfg)
+    params = param_shapes(module, net_cfg)
     teacher = edm_teacher(module, params)
     nets = build_networks(config.networks, teacher)
     rules, min_size = sharding.mesh_rules(config)

@@ -56,6 +56,18 @@ def sigma_init(name: str) -> float:
     return NETWORKS[name][1]
 
 
+def param_shapes(module, net_cfg: dict, seed: int = 0):
+    """The parameter tree of an EDM network as ShapeDtypeStructs (`jax.eval_shape` of its init: nothing compiled)."""
+    import jax
+    import numpy as np
+
+    res, ch, label_dim = net_cfg["img_resolution"], net_cfg["img_channels"], net_cfg.get("label_dim", 0)
+    x = np.zeros((1, ch, res, res), np.float32)
+    labels = np.zeros((1, label_dim), np.float32) if label_dim else None
+    return jax.eval_shape(lambda k: module.init(k, x, np.ones((1,), np.float32), class_labels=labels)["params"],
+                          jax.random.PRNGKey(seed))
+
+
 def random_params(module, net_cfg: dict, seed: int = 0):
     """Random parameters of an EDM network built from `net_cfg` (throughput does not depend on them).
 
@@ -72,11 +84,7 @@ def random_params(module, net_cfg: dict, seed: int = 0):
     import jax
     import numpy as np
 
-    res, ch, label_dim = net_cfg["img_resolution"], net_cfg["img_channels"], net_cfg.get("label_dim", 0)
-    x = np.zeros((1, ch, res, res), np.float32)
-    labels = np.zeros((1, label_dim), np.float32) if label_dim else None
-    shapes = jax.eval_shape(lambda k: module.init(k, x, np.ones((1,), np.float32), class_labels=labels)["params"],
-                            jax.random.PRNGKey(seed))
+    shapes = param_shapes(module, net_cfg, seed)
     rng = np.random.default_rng(seed)
 
     def fill(path, leaf):

@@ -147,7 +147,6 @@ def make_updates(config: ml_collections.ConfigDict, gen_specs: PyTree, fake_spec
     return FlatUpdate(config.gen_optim, gen_specs, mesh), FlatUpdate(config.fake_optim, fake_specs, mesh)
 
 
-
 def state_specs(state: Any, mesh: jax.sharding.Mesh, rules=(), min_size: int = sharding.MIN_SHARD_SIZE) -> Any:
     """PartitionSpecs of a whole TrainState (arrays or ShapeDtypeStructs): parameters and EMA by
     `sharding.param_specs`, optimiser vectors along 'fsdp' (see above), counters replicated."""

@@ -25,8 +25,10 @@ CHECKPOINTS = "checkpoints"
 
 def run_path(workdir: str) -> epath.Path:
     """A run directory as a path: gs:// (any epath URL) stays as it is, a local path becomes absolute."""
+    from di_jax.convert.remote import is_url
+
     text = os.fspath(workdir)
-    return epath.Path(text) if "://" in text else epath.Path(os.path.abspath(text))
+    return epath.Path(text) if is_url(text) else epath.Path(os.path.abspath(text))
 
 
 class RunDirError(ValueError):
