@@ -5,7 +5,9 @@ An EDM snapshot is a pickled dict whose `ema` entry is a preconditioning wrapper
 where `meta` carries the defining module's source (`module_src`), `class_name` and the instance
 `state`. The official loader execs `module_src`; we never do. `_reconstruct_persistent_obj` is
 replaced by a function that keeps `class_name` and `state` only, tensors become numpy arrays,
-and any global outside the allow-list of spec edm_architecture.md section 7 is refused.
+and any global outside the allow-list of spec edm_architecture.md section 7 is refused. The same
+machinery (`PersistenceUnpickler`, `load_pickle`, `module_state_dict`, `init_kwargs`) reads
+StyleGAN2-ADA snapshots, which use the same format (`stylegan2_pickle`).
 
 The pickle is scanned against `pickle_scan.PickleLimits` before it is loaded (`unpickle.safe_load`),
 and the walks over what it holds (the `_modules` tree, `_init_kwargs`) are iterative, bounded and
@@ -72,29 +74,37 @@ class ModuleDict:
         self.state = state
 
 
-class _EDMUnpickler(RestrictedUnpickler):
+class PersistenceUnpickler(RestrictedUnpickler):
+    """The allow-list of `torch_utils.persistence` snapshots (EDM's and StyleGAN2-ADA's: same format)."""
+
     ALLOWED = {
         **TENSOR_GLOBALS, **NUMPY_GLOBALS,
         ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
         ("torch.nn.modules.container", "ModuleDict"): ModuleDict,
         ("torch.storage", "_load_from_bytes"): load_legacy_storage,
     }
+    WHAT = "persistence .pkl"
+
+
+class _EDMUnpickler(PersistenceUnpickler):
     WHAT = "EDM .pkl"
 
 
-def load_pickle(source: str | os.PathLike | bytes | BinaryIO) -> Any:
-    """Unpickle an EDM snapshot with the allow-list and limits; returns the top-level object (a dict).
+def load_pickle(source: str | os.PathLike | bytes | BinaryIO,
+                unpickler: type[PersistenceUnpickler] = _EDMUnpickler) -> Any:
+    """Unpickle a persistence snapshot with the allow-list and limits; returns the top-level object (a dict).
 
     `source`: a path (a regular file; a FIFO or device is refused without blocking), the bytes of
-    the file, or a binary file object.
+    the file, or a binary file object. `unpickler`: a `PersistenceUnpickler` subclass (its `WHAT`
+    names the file in messages; EDM's by default).
     """
     if isinstance(source, (bytes, bytearray)):
-        return safe_load(_EDMUnpickler, io.BytesIO(bytes(source)))
+        return safe_load(unpickler, io.BytesIO(bytes(source)))
     if hasattr(source, "read"):
-        return safe_load(_EDMUnpickler, source)
+        return safe_load(unpickler, source)
     with open_regular(source) as f:
         try:
-            return safe_load(_EDMUnpickler, BoundedReader(f))  # lengths in the file cannot over-allocate
+            return safe_load(unpickler, BoundedReader(f))  # lengths in the file cannot over-allocate
         except OSError as e:
             raise CheckpointError(f"cannot read {clean(os.fspath(source), 200)}: {e.strerror}") from None
 
@@ -217,17 +227,22 @@ def to_plain(value: Any, what: str, max_nodes: int = MAX_KWARGS_NODES, max_depth
 _EXIT = object()
 
 
-def init_kwargs(obj: PersistentObject) -> dict:
-    """Constructor kwargs of a wrapper (`_init_kwargs`, with positional `_init_args` named), as plain values."""
+def init_kwargs(obj: PersistentObject, positional: tuple[str, ...] = _PRECOND_POSITIONAL, family: str = "EDM") -> dict:
+    """Constructor kwargs of a persistent network (`_init_kwargs`, with positional `_init_args` named
+    after `positional`, the constructor's parameter order), as plain values."""
     kwargs, args = obj.state.get("_init_kwargs"), obj.state.get("_init_args", ())
     if not isinstance(kwargs, dict) or not isinstance(args, (tuple, list)):
-        raise CheckpointError(f"{obj.class_name} has no _init_kwargs: not an EDM persistent network")
-    if len(args) > len(_PRECOND_POSITIONAL):
+        raise CheckpointError(f"{obj.class_name} has no _init_kwargs: not an {family} persistent network")
+    if len(args) > len(positional):
         raise CheckpointError(f"{obj.class_name} was built with {len(args)} positional arguments; "
-                              f"only {len(_PRECOND_POSITIONAL)} can be named")
+                              f"only {len(positional)} can be named")
     plain_args = to_plain(list(args), "pickled _init_args")
     plain_kwargs = to_plain(kwargs, "pickled _init_kwargs")
-    return {**dict(zip(_PRECOND_POSITIONAL, plain_args)), **plain_kwargs}
+    named = dict(zip(positional, plain_args))
+    twice = [k for k in named if k in plain_kwargs]
+    if twice:
+        raise CheckpointError(f"{obj.class_name} was given {clean(twice[0], 40)} both positionally and by keyword")
+    return {**named, **plain_kwargs}
 
 
 def _not_edm(data: Any) -> CheckpointError:
