@@ -113,6 +113,66 @@ def test_grad_accum_equals_one_batch(method):
     assert np.isfinite(float(metrics[-1]["x0_std"])) and float(metrics[-1]["x0_std"]) > 0
 
 
+TINY_UNET = dict(model_channels=8, channel_mult=[1, 1], num_blocks=1, attn_resolutions=[], dropout=0.3)
+
+
+def _tiny_edm(dropout):
+    """The digits config (DI, dropout 'shared') around a tiny random SongUNet teacher with dropout."""
+    from di_jax.configs import digits_sim
+    from di_jax.nets import build_network
+    from di_jax.teachers import digits as digits_teacher
+    from di_jax.teachers.edm import edm_teacher
+
+    net_cfg = dict(digits_teacher.CONFIG, **dict(TINY_UNET, dropout=dropout))
+    net = build_network(net_cfg)
+    params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 1, 8, 8)), jnp.ones((1,)),
+                      class_labels=jnp.zeros((1, 10)))["params"]
+    params = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(1), x.shape), params)
+    config = digits_sim.get_config("di")
+    config.batch_size, config.fake_steps = 8, 1
+    config.networks.dropout = dropout
+    for opt in (config.gen_optim, config.fake_optim):     # Adam's eps large enough that a gradient entry
+        opt.update(lr=1e-3, eps=1e-3)                     # near 0 does not turn rounding into a +-lr step
+    config.mesh.min_shard_size = 256
+    teacher = edm_teacher(net, params)
+    return config, teacher, families.build_networks(config.networks, teacher)
+
+
+@pytest.mark.slow     # three compiles of a UNet step: ~1.5 min on 2 idle cores
+def test_dropout_masks_do_not_depend_on_mesh_fsdp_or_micro_batches():
+    """Dropout masks are drawn per example (fold_in of the example's global index): an EDM network with
+    dropout gives the same parameters after a DI step (dropout 'shared') replicated on 8 devices, with
+    data 2 x fsdp 4 and with grad_accum = 2 on 1 device (1e-6)."""
+    config, teacher, nets = _tiny_edm(0.3)
+    rep, _ = _run(config, nets, teacher.params, sharding.make_mesh(8), 1)
+    config.mesh.fsdp = 4
+    fsdp, _ = _run(config, nets, teacher.params, sharding.make_mesh(8, fsdp=4), 1)
+    config.mesh.fsdp, config.grad_accum = 1, 2
+    acc, _ = _run(config, nets, teacher.params, sharding.make_mesh(1), 1)
+    for other in (fsdp, acc):     # (the raveled optimiser state is laid out per FSDP shard: not compared)
+        for name in ("gen_params", "fake_params", "ema_params"):
+            for a, b in zip(jax.tree.leaves(getattr(rep, name)), jax.tree.leaves(getattr(other, name))):
+                np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6, err_msg=name)
+
+
+def test_per_example_dropout_rows_use_their_own_keys():
+    """`batch_apply.per_example`: in train mode row i is the network run alone on row i with key
+    fold_in(key, ids[i]) (so the masks are the example's), and differs from eval mode."""
+    from di_jax.train import batch_apply
+
+    _, teacher, _ = _tiny_edm(0.3)
+    x = jax.random.normal(jax.random.PRNGKey(2), (3, 1, 8, 8))
+    sigma, labels = jnp.array([0.5, 1.0, 2.0]), jax.nn.one_hot(jnp.array([1, 4, 7]), 10)
+    key, ids = jax.random.PRNGKey(3), jnp.array([5, 0, 9])
+    out = batch_apply.per_example(teacher.denoise, teacher.params, (x, sigma, labels), {}, key, ids)
+    for i in range(3):
+        alone = teacher.denoise(teacher.params, x[i:i + 1], sigma[i:i + 1], labels[i:i + 1],
+                                jax.random.fold_in(key, ids[i]))
+        np.testing.assert_allclose(out[i], alone[0], rtol=1e-5, atol=1e-6)
+    deterministic = teacher.denoise(teacher.params, x, sigma, labels, None)
+    assert float(jnp.abs(out - deterministic).max()) > 1e-3
+
+
 def test_grad_accum_lowers_temporary_memory():
     """The compiled step's temporaries (XLA's memory analysis) shrink with micro-batches: the activations
     of one micro-batch are alive at a time."""

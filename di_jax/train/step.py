@@ -11,7 +11,8 @@ draws its own z and runs the generator in eval mode, and the generator phase dra
 pass in train mode); the generator phase pulls the loss gradient with respect to x0 back through
 the VJP of its pass. `config.share_generator_pass` instead reuses the generator phase's pass, stopped,
 for the first fake update (one generator forward fewer per step; the two phases then see the same
-samples). Dropout follows the method's convention (table in `di_jax.methods`); with
+samples). Dropout follows the method's convention (table in `di_jax.methods`), its masks drawn per
+example (`di_jax.train.batch_apply`: the same on any mesh, with FSDP or micro-batches); with
 `config.augment.p > 0` the fake phase trains on EDM-augmented samples with their augment labels
 (`di_jax.augment`), the generator phase passes none (zeros).
 
@@ -20,7 +21,8 @@ Randomness is stateless and named: the step key is fold_in(state.rng, state.step
 result does not depend on the number of devices (a per-device fold_in, as pmap code needs, would
 break that). A non-finite loss or gradient leaves parameters and optimiser state unchanged and
 increments a counter. The state is donated; the teacher's parameters are a separate, never-donated
-argument. Parameter trees are replicated or FSDP-sharded (`config.mesh`, `di_jax.train.sharding`);
+argument. Parameter trees are replicated or FSDP-sharded (`config.mesh`, `di_jax.train.sharding`;
+networks run through `batch_apply`, which all-gathers weights and reduce-scatters their gradients);
 the optimiser updates run on raveled vectors (`di_jax.train.flat_update`).
 
 Metrics: `fake_loss` (the DSM loss), `fake/<aux>` and `gen/<aux>` (the losses' diagnostics, e.g.
@@ -39,7 +41,7 @@ import ml_collections
 from di_jax import augment, diffusion, losses, methods
 from di_jax.configs.base import validate
 from di_jax.nets.families import Networks
-from di_jax.train import flat_update, sharding
+from di_jax.train import batch_apply, flat_update, sharding
 from di_jax.train.remat import remat_networks
 from di_jax.train.state import TrainState, ema_decay
 
@@ -123,19 +125,11 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
                          f"take {nets.augment_dim} (augment_dim of the teacher); set config.augment.p=0 for a "
                          f"teacher trained without augmentation")
 
-    def gather(params):
-        """FSDP: a network's weights gathered where it runs (their gradients reduce-scattered back), so every
-        layer computes data-parallel on its batch shard; without this XLA may instead split the layers
-        along the weights' sharded axis and gather the activations of the whole batch. Identity if fsdp = 1."""
-        if sharding.fsdp_size(mesh) == 1:
-            return params
-        return jax.lax.with_sharding_constraint(params, sharding.replicated(mesh))
-
     accum = int(config.get("grad_accum", 1))
     micro_batch = batch // accum
 
     def micro_key(key, j):
-        """Micro-batch j's key of a per-example draw made inside a network (dropout, augmentation)."""
+        """Micro-batch j's key of a draw made for the micro-batch (augmentation)."""
         return key if key is None or j is None else fold(key, j)
 
     def accumulate(one, inputs):
@@ -161,8 +155,11 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
         total, _ = jax.lax.scan(body, zeros, (stacked, jnp.arange(accum)))
         return jax.tree.map(lambda t: t / accum, total)
 
-    def generate(params, latents, labels, drop):
-        return shard(nets.generate(gather(params), latents, labels, drop))
+    apply = batch_apply.make_batch_apply(mesh, rules, min_size)
+    ids = shard(batch_apply.global_ids(batch))     # each example's index in the global batch
+
+    def generate(params, latents, labels, drop, rows):
+        return shard(apply(nets.generate, params, (latents, labels), drop, rows))
 
     def sample_spec(params, labels):
         """Shape and dtype of a global batch of generator samples."""
@@ -177,21 +174,21 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
         drop = fold(rng, Draw.FAKE_DROPOUT) if dropout else None
 
         def one(inputs, j):
-            z, l, s, n = inputs
-            x0 = sg(shared_x0) if shared_x0 is not None else sg(generate(gen_params, z, l, None))
+            z, l, s, n, rows = inputs
+            x0 = sg(shared_x0) if shared_x0 is not None else sg(generate(gen_params, z, l, None, rows))
             aug = {}                      # families without augment labels need not take the keyword
             if augment_cfg is not None:
                 x0, aug_labels = augment.augment(micro_key(fold(rng, Draw.AUGMENT), j), x0, augment_cfg)
                 x0, aug = shard(x0), dict(augment_labels=shard(aug_labels))
 
             def loss_fn(p):
-                denoise = lambda x, sg_, lb: nets.fake_denoise(gather(p), x, sg_, lb, micro_key(drop, j), **aug)
+                denoise = lambda x, sg_, lb: apply(nets.fake_denoise, p, (x, sg_, lb), drop, rows, **aug)
                 value, aux = losses.dsm_loss(denoise, x0, s, n, l)
                 return jnp.mean(value), aux
 
             (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
             return grads, loss, aux
-        return accumulate(one, (latents, labels, sigma, noise))
+        return accumulate(one, (latents, labels, sigma, noise, ids))
 
     def step(state: TrainState, teacher_params: PyTree):
         # Where every tree lives (replicated, or FSDP-sharded): from the state's shapes, as in setup.
@@ -202,10 +199,10 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
         gen_rng, fake_rng = fold(rng, Stream.GENERATOR), fold(rng, Stream.FAKE)
         gen_latents = draw_latents(gen_rng)
         gen_drop = fold(gen_rng, Draw.GEN_DROPOUT) if dropout else None
-        gen_pass = lambda p, z, l, j: generate(p, z, l, micro_key(gen_drop, j))
+        gen_pass = lambda p, z, l, rows: generate(p, z, l, gen_drop, rows)
         shared = None
         if share:                     # grad_accum = 1 (validated)
-            shared = jax.vjp(lambda p: gen_pass(p, gen_latents, labels, None), state.gen_params)
+            shared = jax.vjp(lambda p: gen_pass(p, gen_latents, labels, ids), state.gen_params)
 
         # Phase 1: fake-score updates, each on its own eval-mode generator samples (the first on the
         # generator phase's pass when it is shared).
@@ -227,13 +224,12 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
         net_drop = fold(gen_rng, Draw.NET_DROPOUT) if method.dropout == "shared" else None
 
         def gen_one(inputs, j):
-            z, l, s, n = inputs
-            nd = micro_key(net_drop, j)
+            z, l, s, n, rows = inputs
             fake_den = None
             if method.needs_fake:
-                fake_den = lambda x, s_, lb: nets.fake_denoise(gather(sg(fake_params)), x, s_, lb, nd)
-            teacher_den = lambda x, s_, lb: nets.teacher_denoise(gather(teacher_params), x, s_, lb, nd)
-            x0, vjp = shared if share else jax.vjp(lambda p: gen_pass(p, z, l, j), state.gen_params)
+                fake_den = lambda x, s_, lb: apply(nets.fake_denoise, sg(fake_params), (x, s_, lb), net_drop, rows)
+            teacher_den = lambda x, s_, lb: apply(nets.teacher_denoise, teacher_params, (x, s_, lb), net_drop, rows)
+            x0, vjp = shared if share else jax.vjp(lambda p: gen_pass(p, z, l, rows), state.gen_params)
 
             def objective(x):
                 value, aux = gen_loss(x, s, n, fake_den, teacher_den, l)
@@ -244,11 +240,11 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
             moments = (jnp.mean(x0.astype(jnp.float32)), jnp.mean(jnp.square(x0.astype(jnp.float32))))
             return grads, value, aux, moments
 
-        grads, gen_value, gen_aux, (x0_mean, x0_sq) = accumulate(gen_one, (gen_latents, labels, sigma, noise))
+        grads, gen_value, gen_aux, (x0_mean, x0_sq) = accumulate(gen_one, (gen_latents, labels, sigma, noise, ids))
         gen_params, gen_opt_state, gen_ok, gen_gnorm, gen_unorm = gen_update(
             gen_value, grads, state.gen_params, state.gen_opt_state)
 
-        beta = ema_decay(state.step, batch, config.ema.halflife_kimg, config.ema.rampup)
+        beta = ema_decay(state.step, batch, **config.ema)     # config.ema: kind (default "edm") and its fields
         ema_params = jax.tree.map(lambda e, p: beta * e + (1 - beta) * p, state.ema_params, gen_params)
 
         new_state = state.replace(
