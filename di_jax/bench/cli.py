@@ -15,7 +15,7 @@ from typing import Optional
 import di_jax
 from di_jax.bench.jax_cell import PRECISIONS, run_jax
 from di_jax.bench.measure import device_name
-from di_jax.bench.networks import NETWORKS, BenchError
+from di_jax.bench.networks import AOT_ONLY, NETWORKS, BenchError
 from di_jax.bench.table import markdown
 from di_jax.bench.torch_cell import TORCH_MODES, run_torch, torch_version, unsupported
 
@@ -142,6 +142,13 @@ def build_parser(prog: str = "di-jax bench") -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trace", default=None, metavar="DIR",
                    help="also profile 3 steps of each JAX cell into DIR/<cell>/ (tensorboard --logdir DIR)")
+    p.add_argument("--aot", action="store_true",
+                   help="compile only (no weights, nothing runs): per-device memory and GFLOPs of each step "
+                        "(di_jax.bench.aot); the only mode for " + ", ".join(AOT_ONLY))
+    p.add_argument("--fit-gb", type=lambda t: [float(x) for x in t.split(",") if x], default=None,
+                   help="with --aot: the largest batch whose per-device memory fits each of these GiB (e.g. 16,80)")
+    p.add_argument("--fsdp", type=int, default=1, help="with --aot: size of the mesh's fsdp axis")
+    p.add_argument("--grad-accum", type=int, default=1, help="with --aot: micro-batches per step")
     p.add_argument("--_cell", default=None, help=argparse.SUPPRESS)
     return p
 
@@ -223,11 +230,18 @@ def main(argv=None) -> int:
         # JAX and PyTorch share the device in one process: do not let XLA grab 75% of a GPU up front.
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     try:
-        result = run(args, command=" ".join([parser.prog] + argv[1:]))
+        if args.aot:
+            from di_jax.bench.aot import aot_markdown, run_aot
+            result = dict(run_aot(args), command=" ".join([parser.prog] + argv[1:]))
+        else:
+            aot_only = [c for c in args.config if c in AOT_ONLY]
+            if aot_only:
+                raise BenchError(f"{', '.join(aot_only)} can only be sized ahead of time: add --aot")
+            result = run(args, command=" ".join([parser.prog] + argv[1:]))
     except BenchError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
-    print(markdown(result))
+    print(aot_markdown(result) if args.aot else markdown(result))
     if args.json:
         print(f"\nwrote {write_json(args.json, result)}")
     return 0

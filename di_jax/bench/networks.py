@@ -20,13 +20,21 @@ TINY = dict(precond="VPPrecond", model_type="SongUNet", img_resolution=8, img_ch
             dropout=0.1, embedding_type="positional", channel_mult_noise=1, encoder_type="standard",
             decoder_type="standard", resample_filter=[1, 1])
 
-# name -> (preset in di_jax.nets.presets, or None for TINY; sigma_init of the generator)
-NETWORKS: Dict[str, Tuple[Optional[str], float]] = {
+# PixArt-XL-2-512x512 (the SIM paper's T2I teacher, spec t2i_and_gan.md): 28 blocks, 16 heads x 72, latents
+# 4 x 64 x 64, T5-XXL text of up to 120 tokens x 4096; sized ahead of time only (`di-jax bench --aot`).
+PIXART_XL_512 = dict(family="pixart", num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8,
+                     num_layers=28, patch_size=2, sample_size=64, caption_channels=4096, cross_attention_dim=1152,
+                     max_length=120)
+
+# name -> (preset in di_jax.nets.presets, a config dict, or None for TINY; sigma_init of the generator)
+NETWORKS: Dict[str, Tuple[Optional[str | dict], float]] = {
     "cifar10-ddpmpp": ("cifar10-32x32-cond-vp", 2.5),       # official DDPM++ cond VP, 55.7M params
     "cifar10-ddpmpp-uncond": ("cifar10-32x32-uncond-vp", 2.5),
     "imagenet64-adm": ("imagenet-64x64-cond-adm", 5.0),     # official ADM, 296M params
     "tiny": (None, 2.5),
+    "pixart-xl-2-512": (PIXART_XL_512, 2.5),                # 611M params; --aot only (the paper states no sigma_init)
 }
+AOT_ONLY = ("pixart-xl-2-512",)
 
 
 def _check(name: str) -> None:
@@ -44,6 +52,8 @@ def network_config(name: str) -> dict:
     preset, _ = NETWORKS[name]
     if preset is None:
         return dict(TINY)
+    if isinstance(preset, dict):
+        return dict(preset)
     from di_jax.nets.presets import edm_config_presets
     cfg = dict(edm_config_presets()[preset])
     cfg.pop("use_fp16", None)

@@ -43,6 +43,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.fake_optim = ml_collections.ConfigDict(dict(lr=1e-5, b1=0.0, b2=0.999, eps=1e-8, clip=0.0, weight_decay=0.0))
     c.ema = ml_collections.ConfigDict(dict(halflife_kimg=500.0, rampup=0.05))   # EDM's rule
 
+    # text-conditioned teachers (teacher.kind "pixart"): the directory of precomputed prompt embeddings the
+    # step's conditioning is read from (di-jax embed-prompts; di_jax.train.conditions), the order's seed
+    c.prompts = ml_collections.ConfigDict(dict(path="", seed=0))
     c.teacher = ml_collections.ConfigDict(dict(kind="ring", num_modes=8, radius=2.0, std=0.05, path=""))
     # the frozen teacher's parameters as stored on the devices: "float32" | "bfloat16" (half the memory; the
     # network computes in its own dtype, config.networks.dtype)

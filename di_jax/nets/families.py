@@ -13,7 +13,7 @@ function is pure: parameters and rngs are arguments; `rng=None` means determinis
 A new family (e.g. a StyleGAN2 generator) registers a builder `(cfg, teacher) -> Networks` here.
 """
 
-from typing import Any, Callable, Dict, NamedTuple, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +35,7 @@ class Networks(NamedTuple):
     init_generator: Callable        # (rng, teacher_params) -> gen_params
     init_fake: Callable             # (rng, teacher_params) -> fake_params
     augment_dim: int = 0            # augment labels fake_denoise takes (keyword, di_jax.augment); 0: none
+    condition: Optional[Any] = None  # one example's input conditioning (Teacher.condition): the step's input
 
 
 def mlp_networks(cfg, teacher: Teacher) -> Networks:
@@ -85,7 +86,8 @@ def teacher_copy_networks(cfg, teacher: Teacher) -> Networks:
     shape = tuple(teacher.data_shape)
     return Networks(data_shape=shape, latent_shape=shape, label_dim=teacher.label_dim,
                     generate=generate, fake_denoise=denoise, teacher_denoise=denoise,
-                    init_generator=copy, init_fake=copy, augment_dim=teacher.augment_dim)
+                    init_generator=copy, init_fake=copy, augment_dim=teacher.augment_dim,
+                    condition=teacher.condition)
 
 
 FAMILIES: Dict[str, Callable[[Any, Teacher], Networks]] = {"mlp": mlp_networks, "edm": teacher_copy_networks}

@@ -16,6 +16,10 @@ class Teacher(NamedTuple):
       module: the Flax module of a network teacher (for samplers and reports); None otherwise.
       augment_dim: the length of the augment labels its network takes (EDM: 9 for teachers trained
         with augmentation); 0 if none.
+      condition: for teachers conditioned on an input the step receives rather than draws (text
+        embeddings): one example's conditioning as a pytree of `jax.ShapeDtypeStruct` (e.g.
+        TextCondition([L, C], [L])); `denoise` then takes the batch of it as `labels`. None: class
+        labels (label_dim) or none.
     """
     params: Any
     denoise: Callable
@@ -23,3 +27,4 @@ class Teacher(NamedTuple):
     label_dim: int = 0
     module: Optional[Any] = None
     augment_dim: int = 0
+    condition: Optional[Any] = None

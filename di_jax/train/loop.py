@@ -153,7 +153,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 jax.profiler.start_trace(workdir)          # -> <workdir>/plugins/profile/<run>/ (TensorBoard)
                 tracing = True
                 log.info("profiling steps %d..%d into %s", s, profile[1] - 1, workdir)
-            state, metrics = call(state, teacher)
+            cond = () if run.conditions is None else (run.conditions.batch(s, k),)
+            state, metrics = call(state, teacher, *cond)
             done = s + k
             if tracing and done >= profile[1]:
                 jax.block_until_ready(state)

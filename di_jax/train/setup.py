@@ -21,6 +21,7 @@ from di_jax.configs.base import validate
 from di_jax.nets.families import Networks, build_networks
 from di_jax.teachers import Teacher, build_teacher
 from di_jax.train import flat_update, sharding
+from di_jax.train.conditions import ConditionSource, make_source
 from di_jax.train.state import TrainState, create_state
 from di_jax.train.step import make_train_step
 
@@ -38,6 +39,7 @@ class Setup(NamedTuple):
                                     # config.steps_per_call train steps per call (di_jax.train.step)
     compiled: Optional[Callable]    # the same step compiled ahead of time (None with compile=False)
     compile_seconds: float
+    conditions: Optional[ConditionSource] = None   # the step's input conditioning (text), None: labels drawn
 
 
 def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
@@ -82,10 +84,12 @@ def place_teacher(config: ml_collections.ConfigDict, params: PyTree, mesh: jax.s
     return sharding.shard_params(host, mesh, *sharding.mesh_rules(config))
 
 
-def compile_step(step: Callable, state: TrainState, teacher_params: PyTree) -> Tuple[Callable, float]:
-    """Ahead-of-time compilation: returns (compiled step, seconds spent lowering + compiling)."""
+def compile_step(step: Callable, state: TrainState, teacher_params: PyTree,
+                 *condition: PyTree) -> Tuple[Callable, float]:
+    """Ahead-of-time compilation: returns (compiled step, seconds spent lowering + compiling).
+    `condition`: the step's conditioning input (arrays or their specs) when its networks take one."""
     t0 = time.perf_counter()
-    compiled = step.lower(state, teacher_params).compile()
+    compiled = step.lower(state, teacher_params, *condition).compile()
     return compiled, time.perf_counter() - t0
 
 
@@ -107,6 +111,9 @@ def setup(config: ml_collections.ConfigDict, teacher: Optional[Teacher] = None,
     nets = nets if nets is not None else build_networks(config.networks, teacher)
     teacher_params = place_teacher(config, teacher.params, mesh)
     state = init_state(config, nets, teacher.params, mesh)   # networks copied from the teacher stay float32
-    step = make_train_step(config, nets, mesh, config.get("steps_per_call", 1))
-    compiled, seconds = compile_step(step, state, teacher_params) if compile else (None, 0.0)
-    return Setup(config, mesh, teacher, nets, teacher_params, state, step, compiled, seconds)
+    per_call = config.get("steps_per_call", 1)
+    step = make_train_step(config, nets, mesh, per_call)
+    conditions = make_source(config, nets, mesh)
+    cond = () if conditions is None else (conditions.spec(per_call),)
+    compiled, seconds = compile_step(step, state, teacher_params, *cond) if compile else (None, 0.0)
+    return Setup(config, mesh, teacher, nets, teacher_params, state, step, compiled, seconds, conditions)

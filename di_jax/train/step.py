@@ -84,7 +84,10 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
         `steps` single calls (tested), the metrics are their means over the block (the skip counters:
         their values after it).
     Returns:
-      step(state, teacher_params) -> (state, metrics), jitted with the state donated.
+      step(state, teacher_params[, condition]) -> (state, metrics), jitted with the state donated.
+      `condition` is the step's batch of input conditioning when the networks take one
+      (`nets.condition`, e.g. text embeddings): a pytree of global [batch, ...] arrays (with steps > 1:
+      [steps, batch, ...]); it replaces the class labels the step otherwise draws.
     """
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps per call must be an integer >= 1; got {steps!r}")
@@ -190,12 +193,28 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
             return grads, loss, aux
         return accumulate(one, (latents, labels, sigma, noise, ids))
 
-    def step(state: TrainState, teacher_params: PyTree):
+    def step_condition(cond):
+        """The step's input conditioning, checked against nets.condition and split over the batch axes."""
+        if nets.condition is None:
+            if cond is not None:
+                raise ValueError("the step got a condition input but the networks take none (nets.condition is None)")
+            return None
+        if cond is None:
+            raise ValueError("these networks are conditioned on an input (e.g. text embeddings): call "
+                             "step(state, teacher_params, condition)")
+        want = jax.tree.map(lambda s: (batch,) + tuple(s.shape), nets.condition)
+        got = jax.tree.map(lambda x: tuple(x.shape), cond)
+        if jax.tree.structure(cond) != jax.tree.structure(nets.condition) or jax.tree.leaves(got) != \
+                jax.tree.leaves(want):
+            raise ValueError(f"the step's condition has shapes {got}; the networks take {want}")
+        return jax.tree.map(lambda x, s: shard(x.astype(s.dtype)), cond, nets.condition)
+
+    def step(state: TrainState, teacher_params: PyTree, cond: Optional[PyTree] = None):
         # Where every tree lives (replicated, or FSDP-sharded): from the state's shapes, as in setup.
         specs = flat_update.state_specs(state, mesh, rules, min_size)
         gen_update, fake_update = flat_update.make_updates(config, specs.gen_params, specs.fake_params, mesh)
         rng = fold(state.rng, state.step)
-        labels = draw_labels(rng)
+        labels = draw_labels(rng) if nets.condition is None else step_condition(cond)
         gen_rng, fake_rng = fold(rng, Stream.GENERATOR), fold(rng, Stream.FAKE)
         gen_latents = draw_latents(gen_rng)
         gen_drop = fold(gen_rng, Draw.GEN_DROPOUT) if dropout else None
@@ -260,8 +279,8 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
                        **_mean_aux(gen_aux, "gen"), **_mean_aux(fake_aux, "fake"))
         return new_state, metrics
 
-    def block(state: TrainState, teacher_params: PyTree):
-        state, metrics = jax.lax.scan(lambda s, _: step(s, teacher_params), state, None, length=steps)
+    def block(state: TrainState, teacher_params: PyTree, cond: Optional[PyTree] = None):
+        state, metrics = jax.lax.scan(lambda s, c: step(s, teacher_params, c), state, cond, length=steps)
         metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
         metrics.update(skipped_gen=state.skipped_gen, skipped_fake=state.skipped_fake)
         return state, metrics
