@@ -9,7 +9,8 @@ Modules, one concept each (the four registries in capitals):
   augment     EDM's augmentation pipe as a pure function (rng, images) -> (images, augment labels).
   teachers    TEACHERS: analytic mixtures with exact scores, converted EDM networks.
   nets        Flax networks; nets.families.FAMILIES: generator + fake score built around a teacher.
-  convert     PyTorch / EDM checkpoints -> Flax parameter trees, without executing pickles.
+  convert     PyTorch / EDM checkpoints and diffusers folders -> Flax parameter trees, without executing pickles.
+  text        precomputed T5 prompt embeddings (format, per-host reader, `di-jax embed-prompts`).
   sampling    EDM Heun/Euler samplers and one-step generation.
   train       setup (config -> mesh, teacher, networks, state, compiled step), step, state, loop.
   eval        evaluators.EVALUATORS: pictures and final metrics; FID / Inception Score; digits report.

@@ -1,7 +1,8 @@
-"""The `di-jax` command line: `di-jax {distill,convert,bench,fid,sample,export} ...`.
+"""The `di-jax` command line: `di-jax {distill,convert,bench,fid,sample,export,embed-prompts} ...`.
 
 Each sub-command lives in its own module and is imported only when used, so that
-`di-jax convert` does not pay for TensorFlow and `di-jax distill` does not import torch.
+`di-jax convert` does not pay for TensorFlow and `di-jax distill` does not import torch
+(`embed-prompts` does: the T5 encoder runs in PyTorch).
 """
 
 import importlib
@@ -14,12 +15,13 @@ _COMMANDS = {
     "fid": ("di_jax.eval.cli", "FID / Inception Score of a generator against reference statistics."),
     "sample": ("di_jax.sample.cli", "Draw images from a run's distilled generator or from a teacher."),
     "export": ("di_jax.export.cli", "Export a run's distilled generator to .safetensors / .pt (PyTorch)."),
+    "embed-prompts": ("di_jax.text.cli", "Precompute T5 text embeddings of prompts (text-to-image teachers)."),
 }
 
 
 def _usage() -> str:
     lines = ["usage: di-jax COMMAND [ARGS...]", "", "commands:"]
-    lines += [f"  {name:<8} {help_}" for name, (_, help_) in _COMMANDS.items()]
+    lines += [f"  {name:<13} {help_}" for name, (_, help_) in _COMMANDS.items()]
     return "\n".join(lines)
 
 

@@ -5,14 +5,24 @@ import os
 import pytest
 
 from di_jax import configs
-from di_jax.configs import base, digits_sim, toy_grid, toy_mixture, toy_ring
+from di_jax.configs import (
+    base,
+    cifar10_cond_di_stylegan2,
+    digits_di_gan,
+    digits_sim,
+    pixart_sim,
+    toy_grid,
+    toy_mixture,
+    toy_ring,
+)
 from di_jax.main import _resolve_config_names
 
 
 def test_packaged_names_resolve_to_package_files(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)                          # no repository around
     from test_recipes import RECIPES
-    assert set(configs.NAMES) == {"digits_sim", "toy_ring", "toy_grid", "toy_mixture", *RECIPES}   # not base, paper
+    assert set(configs.NAMES) == {"digits_sim", "toy_ring", "toy_grid", "toy_mixture", *RECIPES,    # not base, paper
+                                  "digits_di_gan", "cifar10_cond_di_stylegan2", "pixart_sim"}
     for spec, name, arg in [("toy_ring:sim", "toy_ring", ":sim"), ("digits_sim", "digits_sim", ""),
                             ("configs/toy_grid.py:di", "toy_grid", ":di")]:
         got = configs.resolve(spec)
@@ -27,7 +37,8 @@ def test_packaged_names_resolve_to_package_files(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("make", [lambda: digits_sim.get_config(), lambda: toy_ring.get_config("di"),
                                   lambda: toy_grid.get_config("sid"), lambda: toy_mixture.get_config("dmd"),
-                                  base.base_config])
+                                  base.base_config, digits_di_gan.get_config, cifar10_cond_di_stylegan2.get_config,
+                                  pixart_sim.get_config])
 def test_every_packaged_config_validates(make):
     base.validate(make(), num_devices=1)
 

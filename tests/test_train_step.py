@@ -155,6 +155,51 @@ def test_dropout_masks_do_not_depend_on_mesh_fsdp_or_micro_batches():
                 np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6, err_msg=name)
 
 
+@pytest.mark.parametrize("train", [False, True])
+def test_fsdp_gathers_one_layer_at_a_time(train):
+    """`batch_apply` with fsdp 8: gradients (weights and input) of a deep Flax network equal the replicated
+    ones (eval mode, and train mode: per-example vmap), and the compiled program's temporaries hold a few
+    gathered layers, not all 12 (4 MiB each). A module with its own parameter and submodules (the scale)
+    takes the leaf gathered upfront."""
+    import flax.linen as nn
+
+    from di_jax.train import batch_apply
+
+    width, depth, batch = 1024, 12, 8
+
+    class Deep(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            scale = self.param("scale", nn.initializers.ones, (width, 32))
+            for i in range(depth):
+                x = jnp.tanh(nn.Dense(width, name=f"dense{i}")(x))
+            return x * scale[:, 0]
+
+    net = Deep()
+    params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, width)))["params"]
+    params = jax.tree.map(lambda x: x + 0.01 * jax.random.normal(jax.random.PRNGKey(1), x.shape), params)
+    fn = lambda p, x, rng: net.apply({"params": p}, x)
+    x = jax.random.normal(jax.random.PRNGKey(2), (batch, width))
+    key = jax.random.PRNGKey(3) if train else None
+    ids = jnp.arange(batch)
+
+    def grads(fsdp):
+        mesh = sharding.make_mesh(8, fsdp=fsdp)
+        apply = batch_apply.make_batch_apply(mesh)
+        loss = lambda p, x_: jnp.sum(apply(fn, p, (x_,), key, ids) ** 2)
+        p, xs = sharding.shard_params(params, mesh), jax.device_put(x, sharding.batch_sharded(mesh))
+        compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(p, xs).compile()
+        return jax.device_get(compiled(p, xs)), compiled.memory_analysis().temp_size_in_bytes
+
+    (ref, _), (got, temp) = grads(1), grads(8)
+    assert sharding.param_specs(params, sharding.make_mesh(8, fsdp=8))["scale"] == jax.sharding.PartitionSpec(
+        "fsdp", None)
+    for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(got)):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    layer = width * width * 4
+    assert temp < 5 * layer, temp / layer       # all gathered at once: > 12 layers
+
+
 def test_per_example_dropout_rows_use_their_own_keys():
     """`batch_apply.per_example`: in train mode row i is the network run alone on row i with key
     fold_in(key, ids[i]) (so the masks are the example's), and differs from eval mode."""
@@ -333,6 +378,7 @@ def test_generator_update_vanishes_at_the_teacher(method):
     ("teacher.dtype", "float16", "config.teacher.dtype"),
     ("mesh.fsdp", 3, "config.mesh.fsdp"),
     ("mesh.fsdp", 0, "config.mesh.fsdp"),
+    ("fake_weight", "sigma2", "config.fake_weight"),
     ("steps_per_call", -3, "config.steps_per_call"),
 ])
 def test_bad_config_fails_before_compiling(field, value, match, monkeypatch):

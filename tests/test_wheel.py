@@ -51,7 +51,10 @@ def wheel(tmp_path_factory):
 def test_wheel_ships_configs_assets_licences_and_types(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for required in ("di_jax/configs/digits_sim.py", "di_jax/configs/cifar10_uncond_sim.py", "di_jax/py.typed",
-                     "di_jax/assets/digits_teacher.safetensors", "di_jax/assets/digits_classifier.msgpack"):
+                     "di_jax/assets/digits_teacher.safetensors", "di_jax/assets/digits_classifier.msgpack",
+                     "di_jax/assets/digits_prompts/train/index.json", "di_jax/assets/digits_prompts/heldout/null.npz",
+                     "di_jax/assets/digits_t2i_teacher/transformer/diffusion_pytorch_model.safetensors",
+                     "di_jax/assets/digits_t2i_teacher/scheduler/scheduler_config.json"):
         assert required in names, required
     assert any(n.endswith(".dist-info/licenses/LICENSE") or n.endswith(".dist-info/LICENSE") for n in names)
     assert any(n.endswith("NOTICE") for n in names)

@@ -3,7 +3,8 @@
 The configs of this package (`di_jax/configs/*.py`) start from `base_config()` and override fields;
 the command line overrides them again (`--config.method=di --config.gen_optim.lr=1e-4`). Names are
 looked up in the registries: `method` in `di_jax.methods`, `teacher.kind` in `di_jax.teachers`,
-`networks.kind` in `di_jax.nets.families`, `eval.kind` in `di_jax.eval.evaluators`. `validate` runs
+`networks.kind` and `networks.generator.kind` in `di_jax.nets.families`, `ema.kind` in
+`di_jax.train.state`, `eval.kind` in `di_jax.eval.evaluators`. `validate` runs
 before anything is compiled and raises ValueError naming the offending field.
 """
 
@@ -15,6 +16,7 @@ from di_jax import diffusion, methods
 
 REMAT_MODES = ("none", "generator", "all")   # which networks run under jax.checkpoint (train/remat.py)
 COMPUTE_DTYPES = ("float32", "bfloat16")
+FAKE_WEIGHTS = ("edm", "one")              # config.fake_weight: the DSM loss weight of the fake score
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -35,13 +37,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.share_generator_pass = False
 
     # noise levels: kind in diffusion.SIGMA_SAMPLERS plus its keyword arguments; "auto": the method's own
+    # the fake score's DSM weight lambda(sigma): "edm" (EDM's, DI/SIM on CIFAR-10) or "one" (SIM's T2I recipe)
+    c.fake_weight = "edm"
     c.sigma_gen = ml_collections.ConfigDict(dict(kind="auto"))
     c.sigma_fake = ml_collections.ConfigDict(dict(kind="auto"))
 
     # Adam (b1 = 0 in DI / SiD / SIM); weight_decay > 0: AdamW (decoupled, DMD2); clip: global norm, 0 off
     c.gen_optim = ml_collections.ConfigDict(dict(lr=1e-5, b1=0.0, b2=0.999, eps=1e-8, clip=0.0, weight_decay=0.0))
     c.fake_optim = ml_collections.ConfigDict(dict(lr=1e-5, b1=0.0, b2=0.999, eps=1e-8, clip=0.0, weight_decay=0.0))
-    c.ema = ml_collections.ConfigDict(dict(halflife_kimg=500.0, rampup=0.05))   # EDM's rule
+    # EMA of the generator: EDM's rule (halflife_kimg, rampup; rampup 0: none), or StyleGAN2-ADA's with its own
+    # names, kind="stylegan2", ema_kimg, ema_rampup (DI's GAN refinement, DI Table 9; di_jax.train.state)
+    c.ema = ml_collections.ConfigDict(dict(halflife_kimg=500.0, rampup=0.05))
 
     # text-conditioned teachers (teacher.kind "pixart"): the directory of precomputed prompt embeddings the
     # step's conditioning is read from (di-jax embed-prompts; di_jax.train.conditions), the order's seed
@@ -52,6 +58,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.teacher.dtype = "float32"
     # networks.dropout (network teachers): < 0 keeps the checkpoint's rate, >= 0 overrides it; which
     # network runs with dropout in which phase is the method's convention (di_jax.methods)
+    # networks.generator (optional): kind "teacher_copy" (absent: the family's own generator) or "stylegan2" (a
+    # pre-trained StyleGAN2-ADA generator refined with an edm family: path, truncation_psi, truncation_cutoff,
+    # noise_mode; di_jax.nets.families, configs/digits_di_gan.py)
     c.networks = ml_collections.ConfigDict(dict(kind="mlp", hidden=128, depth=3, sigma_data=1.0,
                                                 sigma_init=2.5, dropout=-1.0))
     # EDM's augmentation of the fake score's training samples (di_jax.augment; p = 0 disables); the
@@ -107,6 +116,25 @@ def _positive(config, path: str) -> None:
         raise ValueError(f"config.{path} must be > 0; got {value!r}")
 
 
+def _validate_ema(ema: ml_collections.ConfigDict) -> None:
+    """config.ema: kind "edm" (default) with halflife_kimg > 0, rampup >= 0; "stylegan2" with ema_kimg > 0,
+    ema_rampup >= 0 or None; nothing else."""
+    from di_jax.train.state import EMA_RULES
+
+    kind = ema.get("kind", "edm")
+    _registered("ema.kind", kind, EMA_RULES)
+    fields = ("halflife_kimg", "rampup") if kind == "edm" else ("ema_kimg", "ema_rampup")
+    extra = sorted(set(ema.keys()) - {"kind", *fields})
+    if extra or fields[0] not in ema:
+        raise ValueError(f"config.ema with kind {kind!r} takes exactly {', '.join(fields)}; "
+                         f"got {', '.join(sorted(ema.keys()))}")
+    scale, rampup = ema[fields[0]], ema.get(fields[1])
+    if not (isinstance(scale, (int, float)) and scale > 0):
+        raise ValueError(f"config.ema.{fields[0]} must be > 0; got {scale!r}")
+    if (rampup is None and kind == "edm") or (rampup is not None and not rampup >= 0):
+        raise ValueError(f"config.ema.{fields[1]} must be >= 0; got {rampup!r}")
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: Optional[int]) -> None:
     """Checks a config before compiling; raises ValueError naming the field.
 
@@ -123,8 +151,16 @@ def validate(config: ml_collections.ConfigDict, num_devices: Optional[int]) -> N
     _registered("teacher.kind", config.teacher.kind, teachers.TEACHERS)
     _registered("networks.kind", config.networks.kind, families.FAMILIES)
     _registered("eval.kind", config.eval.kind, evaluators.EVALUATORS)
+    gen_kind = families.generator_kind(config.networks)
+    _registered("networks.generator.kind", gen_kind, families.GENERATORS)
+    if gen_kind in families.GENERATOR_FAMILIES and config.networks.kind not in families.GENERATOR_FAMILIES[gen_kind]:
+        raise ValueError(f"config.networks.generator.kind={gen_kind!r} needs config.networks.kind in "
+                         f"{families.GENERATOR_FAMILIES[gen_kind]}; got {config.networks.kind!r}")
+    if gen_kind == "stylegan2":
+        families.stylegan2_options(config.networks.generator)
+    _validate_ema(config.ema)
     for path in ("batch_size", "num_steps", "fake_steps", "gen_optim.lr", "fake_optim.lr", "log_every",
-                 "ckpt_every", "ema.halflife_kimg"):
+                 "ckpt_every"):
         _positive(config, path)
     for opt in ("gen_optim", "fake_optim"):
         o = config[opt]
@@ -161,6 +197,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: Optional[int]) -> N
     if num_devices and config.batch_size % num_devices:
         raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the number of "
                          f"devices ({num_devices})")
+    if config.get("fake_weight", "edm") not in FAKE_WEIGHTS:
+        raise ValueError(f"config.fake_weight must be one of {FAKE_WEIGHTS}; got {config.fake_weight!r}")
     for name in ("sigma_gen", "sigma_fake"):
         allowed = diffusion.SIGMA_SAMPLERS + ("auto",)
         if config[name].kind not in allowed:
@@ -193,5 +231,3 @@ def validate(config: ml_collections.ConfigDict, num_devices: Optional[int]) -> N
             profile == (0, 0) or 0 <= profile[0] < profile[1] <= config.num_steps):
         raise ValueError(f"config.profile must be (start, stop) steps with 0 <= start < stop <= num_steps "
                          f"({config.num_steps}), or (0, 0) for none; got {config.profile}")
-    if config.ema.rampup < 0:
-        raise ValueError(f"config.ema.rampup must be >= 0; got {config.ema.rampup}")

@@ -4,7 +4,8 @@
     convert_checkpoint("edm-cifar10-32x32-cond-vp.pkl", "teacher/")   # orbax params + config.json
     module, params = load_teacher("teacher/")    # or directly from a .pkl / .pt / .safetensors
 
-Formats are recognised by content, not by file name: EDM `.pkl` snapshots (read without
+diffusers folders (PixArt-α pipelines: transformer/, vae/, scheduler/) go through `diffusers_folder`
+and `diffusers_convert`. Formats are recognised by content, not by file name: EDM `.pkl` snapshots (read without
 executing their embedded code, `edm_pickle`), `torch.save` zip archives of a state_dict
 (`torch_zip`; torch optional) and safetensors files (`safetensors_file`). Every problem with the
 input raises `CheckpointError` with a one-line message.
@@ -247,16 +248,25 @@ def load_teacher(path: str | os.PathLike, config: Mapping[str, Any] | None = Non
 
     Args:
       path: a directory written by `convert_checkpoint` (or `di-jax convert`), an official EDM
-        `.pkl` snapshot (read without executing it), a torch `.pt` zip or a `.safetensors` file.
+        `.pkl` snapshot (read without executing it), a torch `.pt` zip or a `.safetensors` file;
+        or a diffusers folder, raw or converted (`diffusers_convert`): a pipeline folder gives its
+        transformer (a `PixArtTransformer2DModel`; the VAE: `diffusers_convert.load_diffusers(path, "vae")`),
+        a model folder its model.
       config: network config entries overriding the recorded / inferred ones (raw files only).
       use_torch: read `.pt` zips with torch (default: if installed); both readers give equal arrays.
       allow_nonfinite: accept NaN / infinite / absurdly large (> 1e19) weights (refused by default).
     Raises: CheckpointError (one line) for unreadable, unsafe or mismatching checkpoints; TypeError
       (one line) for wrong-typed arguments (e.g. a None path or a list as config).
     """
+    from di_jax.convert.diffusers_folder import diffusers_kind  # pylint: disable=import-outside-toplevel
     from di_jax.nets import build_network  # pylint: disable=import-outside-toplevel
 
     path, config = reader_args("load_teacher", path, config, use_torch, allow_nonfinite)
+    if diffusers_kind(path):
+        if config:
+            raise CheckpointError("config overrides apply to raw EDM checkpoints, not to diffusers folders")
+        from di_jax.convert.diffusers_convert import load_diffusers  # pylint: disable=import-outside-toplevel
+        return load_diffusers(path, "transformer", allow_nonfinite=allow_nonfinite)
     if os.path.isdir(path) and os.path.lexists(os.path.join(path, CONFIG_FILE)):
         if config:
             raise CheckpointError("config overrides apply to raw checkpoints, not to converted directories")

@@ -1,5 +1,8 @@
 """`di-jax convert IN OUT [--config JSON] [--sha256 HEX]`: EDM .pkl / .pt / .safetensors -> orbax params + config.json.
 
+IN may also be a diffusers folder (a PixArt-α pipeline with transformer/ and optional vae/, scheduler/, or
+one model folder): each model becomes OUT/<part>/{params/, config.json} (`di_jax.convert.diffusers_convert`).
+
 Every failure (bad input, bad arguments, a library error, running out of memory, Ctrl-C) prints one
 line `di-jax convert: error: ...` on stderr and returns 2 (130 for Ctrl-C); `--verbose` adds the
 full traceback before that line.
@@ -26,7 +29,8 @@ def _sha256_arg(text: str) -> str:
 
 def _parser(prog: str) -> argparse.ArgumentParser:
     p = OneLineParser(prog=prog, usage=_USAGE, description=__doc__.splitlines()[0])
-    p.add_argument("input", help="EDM .pkl snapshot, torch.save .pt/.pth state_dict or .safetensors file")
+    p.add_argument("input", help="EDM .pkl snapshot, torch.save .pt/.pth state_dict or .safetensors file, or a "
+                                 "diffusers pipeline / model folder")
     p.add_argument("output", help="new directory for the orbax params and config.json")
     p.add_argument("--config", help="JSON object (or a file holding one, at most 1 MiB) overriding the "
                                     "recorded/inferred network config, e.g. '{\"precond\": \"VPPrecond\"}'")
@@ -53,6 +57,20 @@ def check_sha256(path: str, expected: str) -> None:
         raise CheckpointError(f"{path}: SHA-256 mismatch: expected {expected.lower()}, the file has {got}")
 
 
+def _convert_diffusers(prog: str, opts) -> str:
+    """A diffusers pipeline / model folder -> orbax params + config.json per model (`diffusers_convert`)."""
+    from di_jax.convert import CheckpointError  # pylint: disable=import-outside-toplevel
+    from di_jax.convert.diffusers_convert import convert_diffusers, describe_module  # pylint: disable=C0415
+
+    for flag, given in (("--config", opts.config is not None), ("--sha256", bool(opts.sha256)),
+                        ("--no-torch", opts.no_torch)):
+        if given:
+            raise CheckpointError(f"{flag} applies to EDM checkpoint files, not to the diffusers folder {opts.input}")
+    parts = convert_diffusers(opts.input, opts.output, allow_nonfinite=opts.allow_nonfinite)
+    what = "; ".join(f"{part + '/ ' if part else ''}{describe_module(m)}" for part, m in parts.items())
+    return f"{prog}: {opts.input} (diffusers: {what}) -> {opts.output}"
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv if argv is None else argv)
     prog = argv[0] if argv else "di-jax convert"
@@ -60,7 +78,10 @@ def main(argv=None) -> int:
     def body(opts) -> str:
         from di_jax import convert  # pylint: disable=import-outside-toplevel
         from di_jax.convert import config as config_lib  # pylint: disable=import-outside-toplevel
+        from di_jax.convert.diffusers_folder import diffusers_kind  # pylint: disable=import-outside-toplevel
 
+        if diffusers_kind(opts.input):
+            return _convert_diffusers(prog, opts)
         override = config_lib.load_json(opts.config) if opts.config is not None else None
         if opts.sha256:
             check_sha256(opts.input, opts.sha256)

@@ -425,3 +425,142 @@ def load_pixart_pipeline(folder: str | os.PathLike, dtype: Any = "float32", allo
             raise CheckpointError(f"{os.path.join(folder, sub)} holds a {type(module).__name__}, not a {cls.__name__}")
         parts += [module, params]
     return tuple(parts)
+
+
+# ---------------------------------------------------------------- writing a model folder
+
+_PIXART_FIELDS = ("num_attention_heads", "attention_head_dim", "in_channels", "out_channels", "num_layers",
+                  "patch_size", "sample_size", "caption_channels", "cross_attention_dim", "attention_bias",
+                  "norm_eps", "interpolation_scale", "use_additional_conditions")
+_VAE_FIELDS = ("in_channels", "out_channels", "latent_channels", "layers_per_block", "norm_num_groups",
+               "use_quant_conv", "use_post_quant_conv", "mid_block_add_attention", "scaling_factor", "shift_factor")
+
+
+def module_config(module) -> dict:
+    """The diffusers config.json of a Flax module (`_class_name` first; fixed architecture keys at the values the
+    port implements), such that `build_module(*read_diffusers_config(...))` rebuilds the same module."""
+    if isinstance(module, PixArtTransformer2DModel):
+        cfg = {k: getattr(module, k) for k in _PIXART_FIELDS}
+        cfg.update(dropout=0.0, activation_fn="gelu-approximate", num_embeds_ada_norm=1000, upcast_attention=False,
+                   norm_type="ada_norm_single", norm_elementwise_affine=False, attention_type="default")
+        name = "PixArtTransformer2DModel"
+    elif isinstance(module, AutoencoderKL):
+        cfg = {k: getattr(module, k) for k in _VAE_FIELDS}
+        n = len(module.block_out_channels)
+        cfg.update(block_out_channels=list(module.block_out_channels), act_fn="silu",
+                   down_block_types=["DownEncoderBlock2D"] * n, up_block_types=["UpDecoderBlock2D"] * n)
+        name = "AutoencoderKL"
+    else:
+        raise TypeError(f"module_config: a PixArtTransformer2DModel or AutoencoderKL; got {type(module).__name__}")
+    return {"_class_name": name, **{k: (float(v) if isinstance(v, np.floating) else v) for k, v in cfg.items()}}
+
+
+def flax_to_state_dict(params: Mapping) -> dict:
+    """PyTorch state_dict (numpy, PyTorch layouts and key names) of a Flax parameter tree of either model."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        names = tuple(k.key for k in path)
+        a = np.asarray(leaf)
+        if names[-1] == "kernel" and a.ndim == 2:
+            a = a.T
+        elif names[-1] == "kernel" and a.ndim == 4:
+            a = a.transpose(3, 2, 0, 1)
+        out[flax_to_torch_name(names)] = np.ascontiguousarray(a)
+    return out
+
+
+def save_diffusers_model(folder: str | os.PathLike, module, params: Mapping, dtype: Any = np.float32) -> str:
+    """Writes `folder/config.json` and `folder/diffusion_pytorch_model.safetensors` (diffusers' save_pretrained
+    layout: diffusers' `from_pretrained` and `load_diffusers_model` both read it); returns the folder.
+
+    The parameters are checked against the module's expected shapes first; tensors are stored in `dtype`.
+    """
+    from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+
+    folder = path_arg(folder, "save_diffusers_model", "folder")
+    state_dict = {k: v.astype(dtype) for k, v in flax_to_state_dict(params).items()}
+    check_state_dict({k: v.shape for k, v in state_dict.items()}, {k: v.dtype for k, v in state_dict.items()},
+                     expected_shapes(module), "save_diffusers_model")
+    os.makedirs(folder, exist_ok=True)
+    save_file(state_dict, os.path.join(folder, WEIGHTS), metadata={"format": "pt"})
+    with open(os.path.join(folder, CONFIG_FILE), "w") as f:
+        json.dump(module_config(module), f, indent=2, sort_keys=True)
+    return folder
+
+
+# ---------------------------------------------------------------- the pipeline's noise schedule
+
+SCHEDULER_DIR, SCHEDULER_FILE = "scheduler", "scheduler_config.json"
+
+
+def read_scheduler_config(folder: str | os.PathLike) -> "dict | None":
+    """The training noise schedule of a pipeline folder's `scheduler/scheduler_config.json`, as the keyword
+    arguments of `di_jax.teachers.discrete.linear_alphas_cumprod` (None if the folder has no scheduler/).
+
+    Only what defines ᾱ_t is read (num_train_timesteps, beta_start, beta_end, beta_schedule, prediction_type,
+    trained_betas); sampler settings (solver order, timestep spacing, ...) do not concern a teacher. PixArt-α's
+    DPMSolverMultistepScheduler config: linear β 1e-4 … 0.02 over 1000 steps, ε prediction.
+    """
+    path = os.path.join(os.fspath(folder), SCHEDULER_DIR, SCHEDULER_FILE)
+    if not os.path.lexists(path):
+        return None
+    raw = read_regular_bytes(path, CONFIG_MAX_BYTES, "scheduler config")
+    try:
+        cfg = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({exception_text(e)})") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path} holds {describe(cfg)}, not a JSON object")
+    checks = (("beta_schedule", _exactly("linear"), "'linear' (the schedule PixArt-α was trained with)", "linear"),
+              ("prediction_type", _exactly("epsilon"), "'epsilon' (the wrapper recovers x0 from ε)", "epsilon"),
+              ("trained_betas", _exactly(None), "null", None),
+              ("num_train_timesteps", lambda v: _is_int(v) and v >= 2, "an int >= 2", 1000),
+              ("beta_start", lambda v: _number(v) and 0 < v < 1, "a number in (0, 1)", 0.0001),
+              ("beta_end", lambda v: _number(v) and 0 < v < 1, "a number in (0, 1)", 0.02))
+    out = {}
+    for key, check, want, default in checks:
+        value = cfg.get(key, default)
+        if not check(value):
+            raise CheckpointError(f"{path}: {key} is {describe(value)}; the discrete teacher supports {want}")
+        out[key] = value
+    if not out["beta_start"] < out["beta_end"]:
+        raise CheckpointError(f"{path}: beta_start {out['beta_start']} must be below beta_end {out['beta_end']}")
+    return dict(beta_start=float(out["beta_start"]), beta_end=float(out["beta_end"]),
+                num_steps=int(out["num_train_timesteps"]))
+
+
+def write_scheduler_config(folder: str | os.PathLike, beta_start: float = 0.0001, beta_end: float = 0.02,
+                           num_steps: int = 1000) -> str:
+    """`folder/scheduler/scheduler_config.json` of a DDPM linear-β ε-prediction schedule (diffusers keys)."""
+    sub = os.path.join(os.fspath(folder), SCHEDULER_DIR)
+    os.makedirs(sub, exist_ok=True)
+    cfg = {"_class_name": "DDPMScheduler", "beta_schedule": "linear", "beta_start": beta_start, "beta_end": beta_end,
+           "num_train_timesteps": num_steps, "prediction_type": "epsilon", "trained_betas": None}
+    with open(os.path.join(sub, SCHEDULER_FILE), "w") as f:
+        json.dump(cfg, f, indent=2)
+    return sub
+
+
+# ---------------------------------------------------------------- folders: which is which
+
+PIPELINE_PARTS = ("transformer", "vae")
+
+
+def diffusers_kind(path: str | os.PathLike) -> "str | None":
+    """'pipeline' (a folder with transformer/config.json), 'model' (config.json naming a diffusers `_class_name`)
+    or None (anything else, e.g. an EDM checkpoint or a `di-jax convert` output of one)."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        return None
+    if os.path.isfile(os.path.join(path, "transformer", CONFIG_FILE)):
+        return "pipeline"
+    cfg = os.path.join(path, CONFIG_FILE)
+    if os.path.isfile(cfg) and os.path.getsize(cfg) <= CONFIG_MAX_BYTES:
+        try:
+            with open(cfg, "rb") as f:
+                obj = json.loads(f.read().decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError, OSError):
+            return None
+        if isinstance(obj, dict) and isinstance(obj.get("_class_name"), str):
+            return "model"
+    return None

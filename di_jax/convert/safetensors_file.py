@@ -173,6 +173,12 @@ class SafetensorsTensors(Mapping):
                 self._arrays[key] = array.reshape(shape)
 
 
+def read_safetensors_metadata(path) -> "tuple[SafetensorsTensors, dict]":
+    """(lazy tensors, the header's `__metadata__` strings), the header validated as by `read_safetensors`."""
+    entries, metadata, data_start, identity = _safetensors_header(path)
+    return SafetensorsTensors(path, entries, data_start, identity), dict(metadata)
+
+
 def read_safetensors(path) -> "tuple[SafetensorsTensors, dict | None]":
     """(lazy tensors, config recorded in the metadata by `save_safetensors` or None).
 

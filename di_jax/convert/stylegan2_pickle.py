@@ -17,9 +17,17 @@ module's variables: every key present, none extra, every shape equal. The conver
 identity on names: torch key `a.b.c` is `variables[collection]['a']['b']['c']`, with torch
 parameters in 'params' and torch buffers (`w_avg`, `noise_const`, `resample_filter`) in 'buffers'.
 Every problem is a one-line `CheckpointError`.
+
+`save_generator(path, kwargs, variables)` writes a generator as a `.safetensors` file: its official
+state_dict (parameters and buffers, official names) with the constructor kwargs as JSON in the
+metadata (`GENERATOR_KWARGS_KEY`); `load_generator` reads that format too (chosen by content), with
+the same kwargs validation and strict key/shape checks (the digits GAN asset,
+`experiments/train_digits_gan.py`). PyTorch users load it with `safetensors.torch.load_file` into the
+official `Generator(**kwargs)` (`load_state_dict(..., strict=True)`).
 """
 
 import collections
+import json
 import math
 import os
 from typing import Any, Mapping
@@ -37,10 +45,12 @@ from di_jax.convert.edm_pickle import (
 )
 from di_jax.convert.errors import CheckpointError, clean, describe
 
-__all__ = ["load_generator", "read_stylegan2_pickle", "check_generator_kwargs", "build_generator",
-           "expected_variables", "state_dict_to_variables", "variables_to_state_dict", "NETWORKS"]
+__all__ = ["load_generator", "read_stylegan2_pickle", "read_generator_safetensors", "save_generator",
+           "check_generator_kwargs", "build_generator", "generator_kwargs", "expected_variables",
+           "state_dict_to_variables", "variables_to_state_dict", "NETWORKS", "GENERATOR_KWARGS_KEY"]
 
 NETWORKS = ("G_ema", "G")  # snapshot entries that hold a Generator
+GENERATOR_KWARGS_KEY = "stylegan2_generator_kwargs"   # safetensors metadata: the Generator kwargs as JSON
 GENERATOR_POSITIONAL = ("z_dim", "c_dim", "w_dim", "img_resolution", "img_channels", "mapping_kwargs",
                         "synthesis_kwargs")
 # Bounds on what sizes loops and allocations; the official networks use dims <= 512, resolution <= 1024,
@@ -221,6 +231,13 @@ def build_generator(kwargs: Mapping[str, Any], dtype: Any = None):
                      dtype=jnp.float32 if dtype is None else dtype)
 
 
+def generator_kwargs(module) -> dict:
+    """The official constructor kwargs (JSON values) of a Flax `Generator` (inverse of `build_generator`)."""
+    plain = lambda d: {k: list(v) if isinstance(v, tuple) else v for k, v in dict(d or {}).items()}
+    return dict({k: getattr(module, k) for k in _TOP}, mapping_kwargs=plain(module.mapping_kwargs),
+                synthesis_kwargs=plain(module.synthesis_kwargs))
+
+
 def _flatten(tree: Mapping, prefix: str, out: dict, collection: str) -> None:
     for key, value in tree.items():
         if isinstance(value, Mapping):
@@ -277,22 +294,73 @@ def variables_to_state_dict(variables: Mapping) -> "collections.OrderedDict[str,
     return collections.OrderedDict((k, np.asarray(v)) for k, (_, v) in flat.items())
 
 
-def load_generator(path: str | os.PathLike, network: str = "G_ema", dtype: Any = None,
-                   allow_nonfinite: bool = False) -> tuple[Any, dict]:
-    """(Flax Generator, variables) of an official StyleGAN2-ADA `network-snapshot-*.pkl`.
+def read_generator_safetensors(path) -> tuple[dict, dict]:
+    """(validated Generator kwargs, state_dict as numpy) of a `save_generator` file."""
+    from di_jax.convert.safetensors_file import read_safetensors_metadata  # pylint: disable=import-outside-toplevel
+
+    tensors, metadata = read_safetensors_metadata(path)
+    if GENERATOR_KWARGS_KEY not in metadata:
+        what = "an EDM network (read it with di_jax.convert.load_teacher)" if "edm_config" in metadata \
+            else "no StyleGAN2-ADA generator"
+        raise CheckpointError(f"{os.fspath(path)}: safetensors file without {GENERATOR_KWARGS_KEY!r} metadata: "
+                              f"{what}")
+    try:
+        kwargs = json.loads(metadata[GENERATOR_KWARGS_KEY])
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{os.fspath(path)}: metadata {GENERATOR_KWARGS_KEY!r} is not JSON "
+                              f"({clean(str(e), 80)})") from None
+    if not isinstance(kwargs, dict):
+        raise CheckpointError(f"{os.fspath(path)}: metadata {GENERATOR_KWARGS_KEY!r} is {describe(kwargs)}, "
+                              "not a JSON object of Generator kwargs")
+    return check_generator_kwargs(kwargs), collections.OrderedDict(tensors.load())
+
+
+def save_generator(path: str | os.PathLike, kwargs: Mapping[str, Any], variables: Mapping,
+                   allow_nonfinite: bool = False) -> None:
+    """Write a Flax StyleGAN2-ADA Generator as `.safetensors`: official state_dict names, kwargs in the metadata.
 
     Args:
-      path: the snapshot (read without executing its embedded code).
-      network: 'G_ema' (default) or 'G'.
+      path: the file to write.
+      kwargs: the official Generator constructor kwargs (validated; `check_generator_kwargs`).
+      variables: `{'params': ..., 'buffers': ...}` of the Generator of `kwargs` (checked strictly).
+      allow_nonfinite: accept NaN / infinite weights (refused by default, as by every reader).
+    """
+    from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+
+    path = path_arg(path, "save_generator")
+    bool_arg(allow_nonfinite, "save_generator", "allow_nonfinite")
+    plain = json.loads(json.dumps(kwargs, default=lambda v: list(v) if isinstance(v, tuple) else dict(v)))
+    checked = check_generator_kwargs(plain)
+    state_dict = variables_to_state_dict(variables)
+    state_dict_to_variables(state_dict, build_generator(checked), "save_generator variables")   # strict check
+    tensors = {k: np.array(v, np.float32, order="C") for k, v in state_dict.items()}   # 0-d stays 0-d
+    catalogue.check_values(tensors, allow_nonfinite, where="save_generator variables")
+    save_file(tensors, os.fspath(path), metadata={GENERATOR_KWARGS_KEY: json.dumps(checked, sort_keys=True)})
+
+
+def load_generator(path: str | os.PathLike, network: str = "G_ema", dtype: Any = None,
+                   allow_nonfinite: bool = False) -> tuple[Any, dict]:
+    """(Flax Generator, variables) of an official StyleGAN2-ADA `network-snapshot-*.pkl` or a `save_generator` file.
+
+    Args:
+      path: the snapshot (read without executing its embedded code) or `.safetensors` file (format by content).
+      network: 'G_ema' (default) or 'G' (snapshots only).
       dtype: compute dtype of the blocks the official network runs in float16 (default float32).
       allow_nonfinite: accept NaN / infinite / |x| > 1e19 weights (refused by default).
     Returns: `(module, variables)`, variables = {'params': ..., 'buffers': ...} of float32 numpy
       arrays: `module.apply(variables, z, c, truncation_psi, truncation_cutoff, noise_mode)`.
     """
+    from di_jax.convert import sniff  # pylint: disable=import-outside-toplevel
+
     path = path_arg(path, "load_generator")
     bool_arg(allow_nonfinite, "load_generator", "allow_nonfinite")
-    kwargs, state_dict = read_stylegan2_pickle(path, network)
+    if sniff(path) == "safetensors":
+        kwargs, state_dict = read_generator_safetensors(path)
+        where = f"StyleGAN2-ADA generator {os.path.basename(os.fspath(path))}"
+    else:
+        kwargs, state_dict = read_stylegan2_pickle(path, network)
+        where = f"StyleGAN2-ADA snapshot {network}"
     module = build_generator(kwargs, dtype)
-    variables = state_dict_to_variables(state_dict, module, f"StyleGAN2-ADA snapshot {network}")
-    catalogue.check_values(state_dict, allow_nonfinite, where=f"StyleGAN2-ADA snapshot {network}")
+    variables = state_dict_to_variables(state_dict, module, where)
+    catalogue.check_values(state_dict, allow_nonfinite, where=where)
     return module, variables

@@ -2,8 +2,9 @@
 
 Four ways to draw digits are compared with the embedded digit classifier (`di_jax.eval.digits`):
 real held-out digits, the teacher with EDM's Heun sampler, the teacher at 1 NFE (Tweedie's
-denoiser from sigma_max, and at the generator's sigma_init — the generator before training) and
-the distilled one-step generator. Each row gets the Fréchet distance (FD) of classifier features
+denoiser from sigma_max, and at the generator's sigma_init — the generator before training; for a
+pre-trained GAN generator the GAN itself before refinement) and the distilled one-step generator.
+Each row gets the Fréchet distance (FD) of classifier features
 to all 1,797 real digits, the classes covered, the label accuracy of class-conditional samples,
 the network evaluations (NFE) and the sampling time per image (compiled, after warm-up).
 """
@@ -11,7 +12,7 @@ the network evaluations (NFE) and the sampling time per image (compiled, after w
 import json
 import os
 import time
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import jax
 import numpy as np
@@ -36,15 +37,28 @@ def balanced_labels(num: int, label_dim: int) -> np.ndarray:
 
 
 def digits_report(nets, module, teacher_params, gen_params, workdir: str, num: int = 1000, heun_steps: int = 18,
-                  seed: int = 2024, extra: Dict[str, Any] | None = None) -> Dict[str, Any]:
-    """Evaluates the rows above, writes `report.md` and a Heun grid to `workdir`; returns flat metrics."""
+                  seed: int = 2024, extra: Dict[str, Any] | None = None,
+                  start: Optional[Tuple[str, str, Any]] = None,
+                  final_name: str = "distilled generator (EMA), 1 NFE") -> Dict[str, Any]:
+    """Evaluates the rows above, writes `report.md` and a Heun grid to `workdir`; returns flat metrics.
+
+    Args:
+      start: (row name, metrics key, parameters) of the generator before training; default the teacher
+        copy at sigma_init (`teacher_1nfe_sigma_init`). A pre-trained GAN generator passes its own
+        parameters (DI Table 3: the GAN before and after refinement).
+      final_name: the name of the trained generator's row (metrics key `distilled`).
+    Generator rows draw z ~ N(0, I) of `nets.latent_shape`; when it is the image shape (teacher
+    copies) the teacher rows share those latents, otherwise they draw their own from the same seed.
+    """
     clf = digits_eval.load_params()
     images, _ = datasets.load_digits()
     ref = digits_eval.feature_stats(digits_eval.features_and_predictions(clf, images)[0])
     label_dim = nets.label_dim
     y = balanced_labels(num, label_dim)
     y1h = jax.nn.one_hot(y, label_dim) if label_dim else None
-    z = jax.random.normal(jax.random.PRNGKey(seed), (num,) + tuple(nets.latent_shape))
+    z = jax.random.normal(jax.random.PRNGKey(seed), (num,) + tuple(nets.data_shape))
+    z_gen = z if tuple(nets.latent_shape) == tuple(nets.data_shape) else \
+        jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(seed), 1), (num,) + tuple(nets.latent_shape))
     sigma_max = float(min(80.0, module.sigma_range()[1]))
 
     rows: List[Dict[str, Any]] = []
@@ -70,10 +84,12 @@ def digits_report(nets, module, teacher_params, gen_params, workdir: str, num: i
     add(f"teacher, 1 NFE (Tweedie from sigma_max={sigma_max:g})", "teacher_1nfe", x, t, 1, y)
 
     gen = lambda p, zz, ll: nets.generate(p, zz, ll, None)
-    x, t = _timed(gen, teacher_params, z, y1h)
-    add("teacher, 1 NFE at sigma_init (generator at step 0)", "teacher_1nfe_sigma_init", x, t, 1, y)
-    x, t = _timed(gen, gen_params, z, y1h)
-    add("distilled generator (EMA), 1 NFE", "distilled", x, t, 1, y)
+    start_name, start_key, start_params = start or ("teacher, 1 NFE at sigma_init (generator at step 0)",
+                                                    "teacher_1nfe_sigma_init", teacher_params)
+    x, t = _timed(gen, start_params, z_gen, y1h)
+    add(start_name, start_key, x, t, 1, y)
+    x, t = _timed(gen, gen_params, z_gen, y1h)
+    add(final_name, "distilled", x, t, 1, y)
 
     ncol = 10
     grid_idx = np.argsort(y, kind="stable").reshape(label_dim or 1, -1)[:, :ncol].reshape(-1) if label_dim \
@@ -105,11 +121,11 @@ def _write_markdown(path: str, rows, metrics, extra) -> None:
         ms = f"{r['ms_per_image']:.3f}" if r["nfe"] else "—"
         lines.append(f"| {r['name']} | {r['nfe'] or '—'} | {r['fd']:.2f} | {r['classes_covered']}/10 | {acc} | "
                      f"{ms} | {r['num']} |")
-    lines += ["", f"Distilled FD / teacher Heun FD = {metrics['fd_ratio_distilled_to_heun']:.2f}.", "",
+    lines += ["", f"Trained generator FD / teacher Heun FD = {metrics['fd_ratio_distilled_to_heun']:.2f}.", "",
               "FD: Fréchet distance of the embedded digit classifier's penultimate features to those of all "
               "1,797 real digits (the digits analogue of FID). Label accuracy: fraction of class-conditional "
               "samples the classifier assigns to the requested class. A class is covered when it receives "
               "at least 1/40 of the predictions. Times are compiled sampling on this machine, per image.", "",
-              "| teacher, Heun | generator at start | distilled generator (end) |", "|---|---|---|",
+              "| teacher, Heun | generator at start | trained generator (end) |", "|---|---|---|",
               "| ![teacher](teacher_heun.png) | ![start](samples_start.png) | ![end](samples_end.png) |", ""]
     epath.Path(path).write_text("\n".join(lines))

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict
 import jax
 import numpy as np
 
-from di_jax.nets.families import Networks
+from di_jax.nets.families import Networks, generator_kind
 from di_jax.sampling import generate_samples
 from di_jax.teachers import Teacher
 from di_jax.train.state import TrainState
@@ -99,12 +99,21 @@ def digits_evaluation(config, nets: Networks, teacher: Teacher, workdir: str) ->
     if teacher.module is None:
         raise ValueError("config.eval.kind='digits' needs a network teacher (config.teacher.kind='edm')")
 
+    gan = generator_kind(config.networks) == "stylegan2"
+
     def evaluate(state: TrainState) -> Dict[str, Any]:
-        extra = dict(method=config.method, steps=int(state.step), batch=config.batch_size,
-                     sigma_init=config.networks.sigma_init)
+        extra = dict(method=config.method, steps=int(state.step), batch=config.batch_size)
+        start, final_name = None, "distilled generator (EMA), 1 NFE"
+        if gan:       # DI Table 3: the pre-trained GAN before and after DI refinement
+            extra.update(generator="stylegan2", snapshot=os.path.basename(config.networks.generator.path))
+            start = ("GAN before refinement (its snapshot), 1 NFE", "gan_before",
+                     nets.init_generator(jax.random.PRNGKey(0), teacher.params))
+            final_name = "GAN after DI refinement (EMA), 1 NFE"
+        else:
+            extra.update(sigma_init=config.networks.sigma_init)
         report = digits_report(nets, teacher.module, teacher.params, state.ema_params, workdir,
                                num=config.eval.num, heun_steps=config.eval.heun_steps,
-                               seed=_seed(config, "digits_report"), extra=extra)
+                               seed=_seed(config, "digits_report"), extra=extra, start=start, final_name=final_name)
         return {**_skips(state), **report}
     return evaluate
 

@@ -45,6 +45,9 @@ def _report(prog: str, done) -> str:
         lines.append(f"{prog}: x0 = net(sigma_init * z, sigma_init, class_labels) with sigma_init "
                      f"{meta['sigma_init']}; net = {meta['precond']}(**kwargs), edm_config "
                      f"{json.dumps(json.loads(meta['edm_config']), sort_keys=True)}")
+    elif meta["kind"] == "stylegan2":
+        lines.append(f"{prog}: {meta['generator']}; truncation_psi {meta['truncation_psi']}, noise_mode "
+                     f"{meta['noise_mode']}; G = StyleGAN2-ADA Generator(**{meta['stylegan2_generator_kwargs']})")
     else:
         lines.append(f"{prog}: x0 = mlp(z); {', '.join(f'{k} {meta[k]}' for k in ('hidden', 'depth', 'dim'))}")
     return "\n".join(lines)

@@ -63,7 +63,7 @@ def write(out_path: str, tensors: Mapping[str, np.ndarray], metadata: Mapping[st
     .pt: `torch.save` of an OrderedDict of torch tensors (a plain state_dict: no metadata).
     """
     fmt = output_format(out_path)
-    arrays = collections.OrderedDict((k, np.ascontiguousarray(v, np.float32)) for k, v in tensors.items())
+    arrays = collections.OrderedDict((k, np.asarray(v, np.float32, order="C")) for k, v in tensors.items())  # 0-d stays
     if fmt == "safetensors":
         from safetensors.numpy import save_file
 

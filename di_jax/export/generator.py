@@ -9,6 +9,7 @@ import numpy as np
 from di_jax.convert.safetensors_file import SAFETENSORS_CONFIG_KEY as CONFIG_KEY  # "edm_config", as convert reads
 from di_jax.export import edm, formats, mlp
 from di_jax.export.errors import ExportError
+from di_jax.nets.families import generator_kind, stylegan2_snapshot_path
 
 FORMAT_TAG = "di_jax.generator/1"    # metadata 'format': bumped when the layout below changes
 WHICH = ("ema", "raw")
@@ -35,7 +36,10 @@ def generator_tensors(run, which: str = "ema") -> Tuple[dict, dict, Any]:
     params = jax.device_get(run.ema_params if which == "ema" else run.gen_params)
     kind = run.config.networks.kind
     meta = {"format": FORMAT_TAG, "method": str(run.config.method), "step": str(int(run.step)), "params": which}
-    if kind == "edm":
+    if generator_kind(run.config.networks) == "stylegan2":
+        tensors, gan_meta = stylegan2_tensors(run, params)
+        meta.update(gan_meta)
+    elif kind == "edm":
         config = edm.network_config(run.teacher.module)
         tensors = edm.state_dict(params, config)
         sigma_init = float(run.config.networks.sigma_init)
@@ -51,6 +55,26 @@ def generator_tensors(run, which: str = "ema") -> Tuple[dict, dict, Any]:
     return tensors, meta, params
 
 
+def stylegan2_tensors(run, params) -> Tuple[dict, dict]:
+    """(official state_dict, metadata) of a refined StyleGAN2-ADA generator: the run's parameters with the
+    buffers of the snapshot it started from, and the Generator kwargs under the key `load_generator` reads."""
+    from di_jax.convert.stylegan2_pickle import (
+        GENERATOR_KWARGS_KEY,
+        generator_kwargs,
+        load_generator,
+        variables_to_state_dict,
+    )
+
+    gen_cfg = run.config.networks.generator
+    module, variables = load_generator(stylegan2_snapshot_path(gen_cfg))
+    tensors = variables_to_state_dict({"params": params, "buffers": variables["buffers"]})
+    meta = {"kind": "stylegan2", GENERATOR_KWARGS_KEY: json.dumps(generator_kwargs(module), sort_keys=True),
+            "truncation_psi": repr(float(gen_cfg.get("truncation_psi", 1.0))),
+            "noise_mode": str(gen_cfg.get("noise_mode", "const")),
+            "generator": "x0 = G(z, c, truncation_psi, noise_mode), z ~ N(0, I) [N, z_dim], c one-hot [N, c_dim]"}
+    return tensors, meta
+
+
 def export_generator(run, out_path: str, which: str = "ema") -> Exported:
     """Write a run's generator to `out_path`; the extension picks the format.
 
@@ -60,6 +84,9 @@ def export_generator(run, out_path: str, which: str = "ema") -> Exported:
         loads into the official `EDMPrecond` etc. with strict=True), `precond` (class name), `edm_config`
         (JSON: `precond` plus the official class's init kwargs; also what `di-jax convert` reads) and
         `sigma_init`: x0 = net(sigma_init * z, sigma_init, class_labels).
+      - StyleGAN2-ADA generators (config.networks.generator.kind "stylegan2"): the official `Generator`
+        state_dict (parameters and the snapshot's buffers) with its kwargs under 'stylegan2_generator_kwargs',
+        what `di_jax.convert.stylegan2_pickle.load_generator` reads back.
       - MLP generators ("mlp"): the flat Flax tree under '/'-joined names (`mlp/dense0/kernel`, Flax
         layouts, see `di_jax.export.mlp`) with hidden, depth, dim and activation.
     .pt: the official EDM state_dict saved with `torch.save` (EDM generators only; needs torch); it holds no

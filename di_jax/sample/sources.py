@@ -54,6 +54,9 @@ def teacher_source(path: str, num_steps: int = 18) -> Source:
     if num_steps < 2:
         raise ValueError(f"Heun sampling needs at least 2 steps; got {num_steps}")
     module, params = load_teacher(path)
+    if not hasattr(module, "sigma_range"):
+        raise ValueError(f"{path} holds a {type(module).__name__} (a text-to-image teacher): di-jax sample draws "
+                         "from EDM teachers and runs only")
     teacher = edm_teacher(module, params)
     sample = lambda p, z, l: sample_network(module, p, z, class_labels=l, num_steps=num_steps)
     return Source(f"{path} (teacher, Heun {num_steps} steps, {2 * num_steps - 1} NFE)", tuple(teacher.data_shape),

@@ -5,6 +5,9 @@
   ring, grid  analytic Gaussian mixtures with exact denoisers (`mixtures`, `analytic`)
   mixture     the same, listed mode by mode (teacher.means, stds, weights: unequal weights and widths)
   edm         EDM networks read through the converter (`edm`; the embedded `digits` teacher by default)
+  pixart      text-to-image ε-prediction DiTs (PixArt-α) in diffusers folders, as EDM denoisers with σ rounded
+              to the 1000 DDPM levels (`discrete`; the embedded digits text-to-image teacher by default);
+              their labels are `discrete.TextCondition`s
 
 A new family registers a builder here.
 """
@@ -27,8 +30,13 @@ def _edm(config) -> Teacher:
     return edm.load(config)
 
 
+def _pixart(config) -> Teacher:
+    from di_jax.teachers import discrete
+    return discrete.load(config)
+
+
 TEACHERS: Dict[str, Callable[..., Teacher]] = {"ring": _mixture, "grid": _mixture, "mixture": _mixture,
-                                               "edm": _edm}
+                                               "edm": _edm, "pixart": _pixart}
 
 
 def build_teacher(config) -> Teacher:

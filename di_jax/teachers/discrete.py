@@ -56,8 +56,9 @@ def sigmas_from_alphas_cumprod(alphas_cumprod) -> np.ndarray:
 
 def round_sigma(sigma, sigmas) -> tuple:
     """(index t [B] int32, σ_t [B]) of the trained level nearest to each σ (ties: the lower t)."""
-    sigma = jnp.asarray(sigma, jnp.float32)
-    t = jnp.argmin(jnp.abs(sigma[:, None] - jnp.asarray(sigmas)[None, :]), axis=1).astype(jnp.int32)
+    sigmas = jnp.asarray(sigmas)
+    sigma = jnp.clip(jnp.asarray(sigma, jnp.float32), sigmas[0], sigmas[-1])   # huge σ: no float32 ties
+    t = jnp.argmin(jnp.abs(sigma[:, None] - sigmas[None, :]), axis=1).astype(jnp.int32)
     return t, jnp.asarray(sigmas)[t]
 
 
@@ -152,15 +153,99 @@ def pixart_teacher(module, params, alphas_cumprod=None, null_condition: Optional
     return Teacher(params=params, denoise=denoise, data_shape=(module.in_channels, size, size), module=module)
 
 
+def level_rounder(alphas_cumprod=None):
+    """round_sigma for `di_jax.sampling.edm_sampler`: σ -> the nearest trained level σ_t (numpy in, numpy out for
+    the step table; jnp otherwise), as EDM samples its iDDPM network (Karras et al. 2022, App. C.3.4)."""
+    levels = sigmas_from_alphas_cumprod(linear_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod)
+
+    def round_sigma(sigma):
+        xp = np if isinstance(sigma, (np.ndarray, float)) else jnp
+        s = xp.clip(xp.asarray(sigma, np.float32), levels[0], levels[-1])     # huge σ: no float32 ties
+        return xp.asarray(levels)[xp.argmin(xp.abs(s[..., None] - levels), axis=-1)]
+
+    return round_sigma, (float(levels[0]), float(levels[-1]))
+
+
+def heun_sample(teacher: Teacher, params, latents, labels, num_steps: int = 18, sigma_max: float = 80.0,
+                alphas_cumprod=None):
+    """EDM's Heun sampler (2 num_steps − 1 NFE) over a discrete teacher: every σ_i rounded to a trained level,
+    from min(sigma_max, σ_T−1) to the smallest level σ_0. latents ~ N(0, I) [N, C, H, W]; labels a TextCondition
+    (or None: the null prompt). Jittable."""
+    from di_jax.sampling import edm_sampler
+
+    round_sigma, (lo, hi) = level_rounder(alphas_cumprod)
+    denoise = lambda x, s, c: teacher.denoise(params, x, s, c)
+    return edm_sampler(denoise, latents, class_labels=labels, num_steps=num_steps, sigma_min=lo, sigma_max=sigma_max,
+                       round_sigma=round_sigma, net_sigma_range=(lo, hi))
+
+
 def load_pixart_teacher(folder: str | os.PathLike, null_condition: Optional[TextCondition] = None,
                         guidance_scale: Optional[float] = None, dtype: Any = "float32") -> Teacher:
-    """The PixArt teacher of a diffusers folder: a pipeline folder (its transformer/) or a transformer folder."""
-    from di_jax.convert.diffusers_folder import load_diffusers_model  # the converter: only when used
+    """The PixArt teacher of a diffusers folder, raw or converted by `di-jax convert`: a pipeline folder (its
+    transformer/, and the training schedule of its scheduler/ when present) or a transformer folder."""
+    from di_jax.convert.diffusers_convert import load_diffusers  # the converter: only when used
+    from di_jax.convert.diffusers_folder import read_scheduler_config
     from di_jax.nets.pixart import PixArtTransformer2DModel
 
     folder = os.fspath(folder)
-    sub = os.path.join(folder, "transformer")
-    module, params = load_diffusers_model(sub if os.path.isdir(sub) else folder, dtype)
+    module, params = load_diffusers(folder, "transformer", dtype)
     if not isinstance(module, PixArtTransformer2DModel):
         raise ValueError(f"{folder} holds a {type(module).__name__}, not a PixArt transformer")
-    return pixart_teacher(module, params, None, null_condition, guidance_scale)
+    schedule = read_scheduler_config(folder)
+    alphas = linear_alphas_cumprod(**schedule) if schedule else None
+    return pixart_teacher(module, params, alphas, null_condition, guidance_scale)
+
+
+def load_null_condition(path: str | os.PathLike) -> TextCondition:
+    """The null prompt (batch 1) of a prompt-embedding directory (`di-jax embed-prompts` writes it)."""
+    from di_jax.text.embeddings import PromptEmbeddings
+
+    emb, mask = PromptEmbeddings(path).null()
+    return TextCondition(jnp.asarray(emb), jnp.asarray(mask))
+
+
+def load(config) -> Teacher:
+    """The teacher of `config.teacher` (kind "pixart"): a text-to-image ε-prediction DiT as an EDM denoiser.
+
+    Fields read:
+      teacher.path: a diffusers pipeline / transformer folder, raw or converted, local or gs:// ('' -> the
+        embedded digits text-to-image teacher, `di_jax.text.digits.TEACHER`).
+      teacher.guidance_scale: w of D = D_uncond + w (D_cond − D_uncond) (default 1.0: the conditional
+        denoiser alone, one network call; the SIM paper does not state the scale its teacher used).
+      teacher.null_prompt: a prompt-embedding directory whose null.npz (the empty prompt "") is the
+        unconditional text ('' -> config.prompts.path if set, else the embedded digits prompts when the
+        teacher is the embedded one).
+      networks.dtype: compute dtype of the transformer ("float32" | "bfloat16").
+    """
+    from di_jax.convert.remote import local_copy
+    from di_jax.text import digits
+
+    t = config.teacher
+    path = local_copy(t.get("path", "") or digits.TEACHER)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"config.teacher.path: no such file or directory {path!r}")
+    null_path = t.get("null_prompt", "") or config.get("prompts", {}).get("path", "")
+    if not null_path:
+        if t.get("path", ""):
+            raise ValueError("config.teacher.null_prompt is empty: give the prompt-embedding directory (di-jax "
+                             "embed-prompts) whose null prompt matches this teacher's text encoder")
+        null_path = digits.TRAIN_PROMPTS
+    null = load_null_condition(local_copy(null_path))
+    w = float(t.get("guidance_scale", 1.0))
+    teacher = load_pixart_teacher(path, null, None if w == 1.0 else w, config.networks.get("dtype", "float32"))
+    width = teacher.module.caption_channels or teacher.module.cross_attention_dim
+    if null.embeddings.shape[-1] != width:
+        raise ValueError(f"config.teacher.null_prompt {null_path}: embeddings are {null.embeddings.shape[-1]} wide, "
+                         f"the teacher's text input {width}")
+    return teacher
+
+
+def load_vae(path: str | os.PathLike, dtype: Any = "float32"):
+    """(AutoencoderKL module, params) of a pipeline folder's vae/ (raw or converted), or None without one (the
+    digits demo works in pixel space). Decode latents x0 with `module.apply({"params": p}, x0 / module.
+    scaling_factor, method="decode")` (diffusers: latents / scaling_factor, then decode)."""
+    from di_jax.convert.diffusers_convert import load_diffusers, model_folders
+
+    if "vae" not in model_folders(os.fspath(path)):
+        return None
+    return load_diffusers(path, "vae", dtype)

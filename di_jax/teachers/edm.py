@@ -57,6 +57,9 @@ def load(config) -> Teacher:
     if not os.path.exists(path):
         raise FileNotFoundError(f"config.teacher.path: no such file or directory {path!r}")
     module, params = load_teacher(path)
+    if not hasattr(module, "sigma_range"):      # a diffusers folder's PixArt transformer, not an EDM network
+        raise ValueError(f"config.teacher.path {path} holds a {type(module).__name__}: set config.teacher.kind="
+                         "'pixart' for text-to-image (diffusers) teachers")
     dtype = config.networks.get("dtype", "float32")
     if dtype != "float32":
         module = module.clone(dtype=jnp.dtype(dtype), model=module.model.clone(dtype=jnp.dtype(dtype)))

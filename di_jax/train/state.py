@@ -1,10 +1,10 @@
-"""The explicit train state pytree, optimisers and the EDM EMA rule.
+"""The explicit train state pytree, optimisers and the EMA rules (EDM's, StyleGAN2-ADA's).
 
 The teacher's parameters are deliberately NOT part of the state: they are a separate, replicated,
 never-donated argument of the train step, and never checkpointed with it.
 """
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import flax
 import jax
@@ -21,7 +21,7 @@ class TrainState:
     rng: jax.Array             # uint32 [2], base key; step keys are fold_in(rng, step)
     gen_params: PyTree
     fake_params: PyTree
-    ema_params: PyTree         # EMA of gen_params (EDM half-life rule)
+    ema_params: PyTree         # EMA of gen_params (config.ema: EDM's or StyleGAN2-ADA's half-life rule)
     gen_opt_state: PyTree      # optimiser state over the *raveled* generator params (train/flat_update.py)
     fake_opt_state: PyTree     # likewise for the fake score
     skipped_gen: jax.Array     # int32 [], generator updates skipped for non-finite loss/grad
@@ -64,17 +64,54 @@ def create_state(rng: jax.Array, gen_params: PyTree, fake_params: PyTree,
                       skipped_gen=jnp.zeros((), jnp.int32), skipped_fake=jnp.zeros((), jnp.int32))
 
 
-def ema_decay(step: jax.Array, batch_size: int, halflife_kimg: float, rampup: float) -> jax.Array:
+EMA_RULES = ("edm", "stylegan2")   # config.ema.kind
+
+
+def edm_ema_decay(step: jax.Array, batch_size: int, halflife_kimg: float, rampup: float) -> jax.Array:
     """EDM's EMA: beta = 0.5^(batch / halflife_img), halflife_img = min(halflife, rampup * images seen).
 
     As in EDM's training loop, "images seen" counts the images *before* this step (`cur_nimg` is
     incremented after the EMA update): with a ramp-up, beta = 0 at step 0 and the EMA starts as the
-    parameters after the first update.
+    parameters after the first update. rampup = 0: no ramp-up.
     """
     halflife = jnp.float32(halflife_kimg * 1000.0)
     if rampup > 0:
         halflife = jnp.minimum(halflife, step.astype(jnp.float32) * batch_size * rampup)
     return 0.5 ** (batch_size / jnp.maximum(halflife, 1e-8))
+
+
+def stylegan2_ema_decay(step: jax.Array, batch_size: int, ema_kimg: float, ema_rampup: Optional[float]) -> jax.Array:
+    """StyleGAN2-ADA's G_ema rule (official `training_loop.py`, used by DI's GAN refinement, DI Table 9).
+
+    ema_nimg = ema_kimg * 1000, then min(ema_nimg, cur_nimg * ema_rampup) when ema_rampup is set
+    (None or 0: no ramp-up), beta = 0.5 ** (batch / max(ema_nimg, 1e-8)); cur_nimg counts the images
+    before this step (the loop adds the batch after the update). The same formula as EDM's rule
+    (EDM took it from this loop); the generator's buffers are constants here, so G_ema's buffer copy
+    (`b_ema.copy_(b)`) has nothing to copy.
+    """
+    ema_nimg = jnp.float32(ema_kimg * 1000.0)
+    if ema_rampup:
+        ema_nimg = jnp.minimum(ema_nimg, step.astype(jnp.float32) * batch_size * ema_rampup)
+    return 0.5 ** (batch_size / jnp.maximum(ema_nimg, 1e-8))
+
+
+def ema_decay(step: jax.Array, batch_size: int, halflife_kimg: Optional[float] = None,
+              rampup: Optional[float] = None, kind: str = "edm", ema_kimg: Optional[float] = None,
+              ema_rampup: Optional[float] = None) -> jax.Array:
+    """The EMA decay of the rule `kind` (config.ema.kind, one of EMA_RULES) at `step`; takes config.ema's fields.
+
+    "edm": `edm_ema_decay(step, batch, halflife_kimg, rampup)`; "stylegan2":
+    `stylegan2_ema_decay(step, batch, ema_kimg, ema_rampup)` (StyleGAN2-ADA's names).
+    """
+    if kind == "edm":
+        if halflife_kimg is None or rampup is None or ema_kimg is not None or ema_rampup is not None:
+            raise ValueError("config.ema.kind='edm' takes halflife_kimg and rampup (not ema_kimg / ema_rampup)")
+        return edm_ema_decay(step, batch_size, halflife_kimg, rampup)
+    if kind == "stylegan2":
+        if ema_kimg is None or halflife_kimg is not None or rampup is not None:
+            raise ValueError("config.ema.kind='stylegan2' takes ema_kimg and ema_rampup (not halflife_kimg / rampup)")
+        return stylegan2_ema_decay(step, batch_size, ema_kimg, ema_rampup)
+    raise ValueError(f"config.ema.kind must be one of {EMA_RULES}; got {kind!r}")
 
 
 def param_count(tree: PyTree) -> int:

@@ -101,6 +101,7 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
     sigma_gen, sigma_fake = methods.sigma_spec(config, "sigma_gen"), methods.sigma_spec(config, "sigma_fake")
     shard = functools.partial(sharding.shard_batch, mesh=mesh)
     share = bool(config.get("share_generator_pass", False))
+    fake_weight = config.get("fake_weight", "edm")
     fold = jax.random.fold_in
 
     def draw_sigma(rng, spec):
@@ -186,7 +187,8 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
 
             def loss_fn(p):
                 denoise = lambda x, sg_, lb: apply(nets.fake_denoise, p, (x, sg_, lb), drop, rows, **aug)
-                value, aux = losses.dsm_loss(denoise, x0, s, n, l)
+                weight = None if fake_weight == "edm" else jnp.ones_like(s)   # "one": SIM's T2I recipe
+                value, aux = losses.dsm_loss(denoise, x0, s, n, l, weight=weight)
                 return jnp.mean(value), aux
 
             (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
