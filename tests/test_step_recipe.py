@@ -37,9 +37,10 @@ def _key_data(rng):
 class _Recorder:
     """Wraps MLP networks so every call reports (role, inputs, dropout key) to the host."""
 
-    def __init__(self, nets):
+    def __init__(self, nets, batch):
         self.calls = []
         self.nets = nets
+        self.batch = batch
 
     def _log(self, role, *arrays):
         jax.debug.callback(lambda *a: self.calls.append((role,) + tuple(np.asarray(x) for x in a)), *arrays,
@@ -64,13 +65,26 @@ class _Recorder:
         return n._replace(generate=generate, fake_denoise=fake_denoise, teacher_denoise=teacher_denoise)
 
     def of(self, role):
-        return [c[1:] for c in self.calls if c[0] == role]
+        """(x, key) per network call of `role`. A train-mode call runs per example (`batch_apply.per_example`,
+        one report per row, each with its example's key): its rows are joined back into one call, x
+        concatenated and the keys stacked."""
+        out, rows = [], []
+        for _, x, key in (c for c in self.calls if c[0] == role):
+            if np.array_equal(key, NONE):
+                out.append((x, key))
+                continue
+            rows.append((x, key))
+            if sum(len(r[0]) for r in rows) == self.batch:
+                out.append((np.concatenate([r[0] for r in rows]), np.stack([r[1] for r in rows])))
+                rows = []
+        assert not rows, "a train-mode call did not report all its rows"
+        return out
 
 
 def _one_step(config, monkeypatch=None):
     """Runs one compiled step on recorded MLP networks; returns the recorder and the DSM phase's x0s."""
     teacher = build_teacher(config)
-    rec = _Recorder(families.mlp_networks(config.networks, teacher))
+    rec = _Recorder(families.mlp_networks(config.networks, teacher), config.batch_size)
     nets = rec.networks()
     dsm_x0 = []
     if monkeypatch is not None:
@@ -133,7 +147,7 @@ def test_dropout_convention(method, convention):
         used.append(teacher_keys[0])
     else:
         assert all(np.array_equal(k, NONE) for k in teacher_keys + gen_fake_keys)
-    distinct = {tuple(k.tolist()) for k in used}
+    distinct = {tuple(np.ravel(k).tolist()) for k in used}
     assert len(distinct) == len(used), "a dropout key is used by two different draws"
 
 
