@@ -215,6 +215,7 @@ def _steps(config, nets, teacher, mesh, n):
     return s, jax.device_get(state), metrics
 
 
+@pytest.mark.slow     # two compiles of the DI step with a StyleGAN2 generator: ~1-3 min on 2 cores
 def test_di_step_with_stylegan2_generator_8_devices_equal_1_device(files):
     """Two DI steps (dropout 'shared': the generator phase draws random StyleGAN noise per example) give the
     same state replicated on 8 devices as on 1; one compiled step, which all-reduces on 8 devices, moves

@@ -56,6 +56,18 @@ _LIST_CHILD = re.compile(r"^([a-z_]+)_(\d+)$")
 
 # ---------------------------------------------------------------- config.json -> module
 
+
+def _read_json_object(path: str, what: str) -> dict:
+    """The JSON object in the regular file `path` (at most CONFIG_MAX_BYTES); one-line CheckpointError otherwise."""
+    raw = read_regular_bytes(path, CONFIG_MAX_BYTES, what)
+    try:
+        cfg = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({exception_text(e)})") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path} holds {describe(cfg)}, not a JSON object")
+    return cfg
+
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -147,13 +159,7 @@ def read_diffusers_config(folder: str) -> tuple[str, dict]:
     path = os.path.join(folder, CONFIG_FILE)
     if not os.path.exists(path):
         raise CheckpointError(f"{folder} has no {CONFIG_FILE}: not a diffusers model folder")
-    raw = read_regular_bytes(path, CONFIG_MAX_BYTES, "config file")
-    try:
-        cfg = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({exception_text(e)})") from None
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"{path} holds {describe(cfg)}, not a JSON object")
+    cfg = _read_json_object(path, "config file")
     name = cfg.get("_class_name")
     if name == "Transformer2DModel" and cfg.get("norm_type") == "ada_norm_single":
         name = "PixArtTransformer2DModel"
@@ -504,13 +510,7 @@ def read_scheduler_config(folder: str | os.PathLike) -> "dict | None":
     path = os.path.join(os.fspath(folder), SCHEDULER_DIR, SCHEDULER_FILE)
     if not os.path.lexists(path):
         return None
-    raw = read_regular_bytes(path, CONFIG_MAX_BYTES, "scheduler config")
-    try:
-        cfg = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({exception_text(e)})") from None
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"{path} holds {describe(cfg)}, not a JSON object")
+    cfg = _read_json_object(path, "scheduler config")
     checks = (("beta_schedule", _exactly("linear"), "'linear' (the schedule PixArt-α was trained with)", "linear"),
               ("prediction_type", _exactly("epsilon"), "'epsilon' (the wrapper recovers x0 from ε)", "epsilon"),
               ("trained_betas", _exactly(None), "null", None),
