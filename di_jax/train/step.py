@@ -160,7 +160,8 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
         return jax.tree.map(lambda t: t / accum, total)
 
     apply = batch_apply.make_batch_apply(mesh, rules, min_size)
-    ids = shard(batch_apply.global_ids(batch))     # each example's index in the global batch
+    ids = lambda: shard(batch_apply.global_ids(batch))   # each example's index in the global batch (traced:
+                                                         # a global array closed over is refused on pods)
 
     def generate(params, latents, labels, drop, rows):
         return shard(apply(nets.generate, params, (latents, labels), drop, rows))
@@ -193,7 +194,7 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
 
             (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
             return grads, loss, aux
-        return accumulate(one, (latents, labels, sigma, noise, ids))
+        return accumulate(one, (latents, labels, sigma, noise, ids()))
 
     def step_condition(cond):
         """The step's input conditioning, checked against nets.condition and split over the batch axes."""
@@ -223,7 +224,7 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
         gen_pass = lambda p, z, l, rows: generate(p, z, l, gen_drop, rows)
         shared = None
         if share:                     # grad_accum = 1 (validated)
-            shared = jax.vjp(lambda p: gen_pass(p, gen_latents, labels, ids), state.gen_params)
+            shared = jax.vjp(lambda p: gen_pass(p, gen_latents, labels, ids()), state.gen_params)
 
         # Phase 1: fake-score updates, each on its own eval-mode generator samples (the first on the
         # generator phase's pass when it is shared).
@@ -261,7 +262,7 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
             moments = (jnp.mean(x0.astype(jnp.float32)), jnp.mean(jnp.square(x0.astype(jnp.float32))))
             return grads, value, aux, moments
 
-        grads, gen_value, gen_aux, (x0_mean, x0_sq) = accumulate(gen_one, (gen_latents, labels, sigma, noise, ids))
+        grads, gen_value, gen_aux, (x0_mean, x0_sq) = accumulate(gen_one, (gen_latents, labels, sigma, noise, ids()))
         gen_params, gen_opt_state, gen_ok, gen_gnorm, gen_unorm = gen_update(
             gen_value, grads, state.gen_params, state.gen_opt_state)
 
