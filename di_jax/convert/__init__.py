@@ -178,11 +178,8 @@ def convert_checkpoint(in_path: str | os.PathLike, out_dir: str | os.PathLike,
     return cfg
 
 
-def _restorable_size(ckptr, params_dir: str, cfg: dict) -> None:
-    """Refuse a params directory whose stored arrays (orbax metadata) outnumber or outsize the config's
-    network (its parameters and buffers), before restoring anything: a tampered directory cannot make
-    us allocate more than the network it claims. The exact tree is checked after the restore."""
-    want = {k: math.prod(s) for k, s in catalogue.expected_shapes(cfg).items()}
+def stored_sizes(ckptr, params_dir: str) -> list:
+    """The element count of every array an orbax params directory stores (its metadata; nothing restored)."""
     try:
         meta = ckptr.metadata(params_dir)
         tree = getattr(getattr(meta, "item_metadata", meta), "tree", None)
@@ -190,11 +187,19 @@ def _restorable_size(ckptr, params_dir: str, cfg: dict) -> None:
             tree = getattr(meta, "item_metadata", meta)
         import jax  # pylint: disable=import-outside-toplevel
         leaves = jax.tree_util.tree_leaves(tree, is_leaf=lambda x: hasattr(x, "shape"))
-        sizes = [math.prod(int(d) for d in leaf.shape) for leaf in leaves]
+        return [math.prod(int(d) for d in leaf.shape) for leaf in leaves]
     except CheckpointError:
         raise
     except Exception as e:  # pylint: disable=broad-except  # orbax raises many kinds
         raise CheckpointError(f"cannot read {params_dir}: {exception_text(e)}") from None
+
+
+def _restorable_size(ckptr, params_dir: str, cfg: dict) -> None:
+    """Refuse a params directory whose stored arrays (orbax metadata) outnumber or outsize the config's
+    network (its parameters and buffers), before restoring anything: a tampered directory cannot make
+    us allocate more than the network it claims. The exact tree is checked after the restore."""
+    want = {k: math.prod(s) for k, s in catalogue.expected_shapes(cfg).items()}
+    sizes = stored_sizes(ckptr, params_dir)
     if len(sizes) > len(want) or sum(sizes) > sum(want.values()):
         raise CheckpointError(f"{params_dir} holds {len(sizes)} arrays of {sum(sizes)} values in all; "
                               f"{CONFIG_FILE}'s network has {len(want)} of {sum(want.values())}: params do not "

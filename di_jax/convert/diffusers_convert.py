@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from di_jax.convert import catalogue
+from di_jax.convert import catalogue, stored_sizes
 from di_jax.convert.arguments import bool_arg, numpy_tree, path_arg
 from di_jax.convert.diffusers_folder import (
     CONFIG_FILE,
@@ -98,18 +98,6 @@ def convert_diffusers(in_path: str | os.PathLike, out_dir: str | os.PathLike, al
     return {part: module for part, (module, _) in loaded.items()}
 
 
-def _stored_sizes(ckptr, params_dir: str) -> list:
-    try:
-        meta = ckptr.metadata(params_dir)
-        tree = getattr(getattr(meta, "item_metadata", meta), "tree", None)
-        if tree is None:
-            tree = getattr(meta, "item_metadata", meta)
-        leaves = jax.tree_util.tree_leaves(tree, is_leaf=lambda x: hasattr(x, "shape"))
-        return [math.prod(int(d) for d in leaf.shape) for leaf in leaves]
-    except Exception as e:  # pylint: disable=broad-except  # orbax raises many kinds
-        raise CheckpointError(f"cannot read {params_dir}: {exception_text(e)}") from None
-
-
 def load_converted_diffusers(folder: str, dtype: Any = "float32", allow_nonfinite: bool = False):
     """(module, params) of a model folder written by `convert_diffusers`, strictly checked."""
     import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
@@ -119,7 +107,7 @@ def load_converted_diffusers(folder: str, dtype: Any = "float32", allow_nonfinit
     want = expected_shapes(module)
     params_dir = os.path.abspath(os.path.join(folder, PARAMS_DIR))
     with ocp.StandardCheckpointer() as ckptr:
-        sizes = _stored_sizes(ckptr, params_dir)
+        sizes = stored_sizes(ckptr, params_dir)
         total = sum(math.prod(s) for s in want.values())
         if len(sizes) > len(want) or sum(sizes) > total:
             raise CheckpointError(f"{params_dir} holds {len(sizes)} arrays of {sum(sizes)} values; {CONFIG_FILE}'s "

@@ -89,10 +89,7 @@ def stylegan2_ema_decay(step: jax.Array, batch_size: int, ema_kimg: float, ema_r
     (EDM took it from this loop); the generator's buffers are constants here, so G_ema's buffer copy
     (`b_ema.copy_(b)`) has nothing to copy.
     """
-    ema_nimg = jnp.float32(ema_kimg * 1000.0)
-    if ema_rampup:
-        ema_nimg = jnp.minimum(ema_nimg, step.astype(jnp.float32) * batch_size * ema_rampup)
-    return 0.5 ** (batch_size / jnp.maximum(ema_nimg, 1e-8))
+    return edm_ema_decay(step, batch_size, ema_kimg, ema_rampup or 0.0)
 
 
 def ema_decay(step: jax.Array, batch_size: int, halflife_kimg: Optional[float] = None,
